@@ -1,0 +1,3 @@
+from l2o.cli import main
+
+raise SystemExit(main())
