@@ -66,7 +66,7 @@ def load_offline(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def train_test_split(
     images: torch.Tensor, labels: torch.Tensor, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Deterministic stratification-free split. Returns ``(train_images, train_labels), (test_images, test_labels)``."""
+    """Deterministic random split. Returns ``(train_images, train_labels), (test_images, test_labels)``."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))

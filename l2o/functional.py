@@ -1,0 +1,52 @@
+"""The functional core of every learned optimizer in l2o.
+
+:func:`learned_step` is the one place where an update rule is applied. ``NeuralGraphOpt.step``,
+the meta-training unrolls and the benchmarks all call it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from torch.func import functional_call
+
+from l2o.rule import UpdateRule
+
+__all__ = ["learned_step"]
+
+
+def learned_step(
+    rule: UpdateRule,
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: dict[str, Any],
+    context: Any = None,
+    *,
+    meta_params: dict[str, Tensor] | None = None,
+    lr: float | Tensor = 1.0,
+    weight_decay: float | Tensor = 0.0,
+) -> tuple[list[Tensor], dict[str, Any]]:
+    """One learned optimizer step, as a pure function.
+
+    Args:
+        rule: the update rule (its module parameters are the default meta-parameters).
+        params, grads: lists of tensors in matching order and shapes.
+        state: the rule's optimizer state (``rule.init_state(params)`` at the start).
+        context: ``rule.build_context(params)``, computed once per architecture.
+        meta_params: substitute meta-parameters ``{name: tensor}`` (for meta-training); gradients
+            flow to them.
+        lr: multiplies the learned update, so schedulers work as with any torch optimizer.
+        weight_decay: decoupled weight decay, ``p <- p - lr * weight_decay * p``.
+
+    Returns:
+        ``(new_params, new_state)``; inputs are not modified.
+    """
+    if len(params) != len(grads):
+        raise ValueError(f"got {len(params)} parameters but {len(grads)} gradients")
+    if meta_params is None:
+        updates, new_state = rule(params, grads, state, context)
+    else:
+        updates, new_state = functional_call(rule, meta_params, (params, grads, state, context))
+    new_params = [p - lr * (u.to(p.dtype) + weight_decay * p) for p, u in zip(params, updates)]
+    return new_params, new_state

@@ -1,0 +1,49 @@
+"""Update rules: the learned part of a learned optimizer.
+
+An update rule is *data plus a pure function* (as in learned_optimization): its meta-parameters
+are the parameters of an ``nn.Module`` and its update is a pure function of (meta-parameters,
+parameters, gradients, optimizer state, architecture context). :class:`UpdateRule` fixes that
+interface; :func:`l2o.functional.learned_step` calls it, optionally with substituted
+meta-parameters (``torch.func.functional_call``) so meta-training can differentiate through it or
+perturb it. ``NeuralGraphOpt`` is a thin ``torch.optim.Optimizer`` shell over the same call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["UpdateRule"]
+
+
+class UpdateRule(nn.Module):
+    """Base class of every update rule.
+
+    Subclasses implement three methods:
+
+    * :meth:`build_context` — once per architecture: whatever the rule precomputes from the
+      parameter list (e.g. the neural graph and its index maps). ``None`` for rules without one.
+    * :meth:`init_state` — the optimizer state for fresh parameters (a pytree of tensors whose
+      leaves are all tensors, so it can be saved in a ``state_dict`` and vmapped).
+    * :meth:`forward` — ``(params, grads, state, context) -> (updates, new_state)``. ``updates[i]``
+      has the shape of ``params[i]``; the optimizer applies ``p <- p - lr * update``. It must not
+      modify its inputs in place.
+    """
+
+    def build_context(self, params: Sequence[Tensor], model: nn.Module | None = None) -> Any:
+        """Precompute per-architecture data for ``params`` (list of tensors, optimizer order)."""
+        return None
+
+    def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def forward(
+        self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: Any = None
+    ) -> tuple[list[Tensor], dict[str, Any]]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (used by ``save_pretrained``)."""
+        return {}
