@@ -1,0 +1,243 @@
+"""The neural graph of a network: neurons are nodes, weights are edges (Kofinas et al., ICLR 2024).
+
+A :class:`NeuralGraph` holds the *structure* of one architecture — nodes with metadata, edges, and an
+index map from every parameter element to the node or edge feature where it lives — together with
+node/edge features filled from one set of parameter values. The structure is computed once; moving
+values between parameters and features is then one gather or scatter on flat tensors
+(:meth:`NeuralGraph.features` and :meth:`NeuralGraph.to_state_dict`), differentiable both ways.
+
+Feature layout:
+
+* ``x: [N, Cn]`` — node features. Channel 0 holds biases (and the shift ``beta`` of normalization
+  layers); attention layers use channels 0-2 for the query/key/value biases. Input neurons are 0.
+* ``edge_attr: [E, Ce * K]`` — edge features, ``Ce`` channels (3 for attention Q/K/V, else 1) of
+  ``K`` slots each. A convolution kernel fills the slots of its channel, zero-padded *centred* in
+  the largest kernel grid of the graph (``kernel_grid``); a linear weight sits at the centre slot;
+  a linear layer after a flatten keeps the flattened spatial positions ``0..S-1`` of each input
+  channel in slots ``0..S-1``; residual edges carry a constant identity kernel (1 at the centre).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from encoders.builder import ACTIVATIONS, EdgeKind, Role
+
+__all__ = ["NeuralGraph", "ParamsLike"]
+
+ParamsLike = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]
+
+
+def named_tensors(params: ParamsLike) -> list[tuple[str, Tensor]]:
+    """Normalise a parameter list: ``[(name, tensor)]``; plain tensors are named ``"0"``, ``"1"``, ..."""
+    items = list(params.items()) if isinstance(params, Mapping) else list(params)
+    if not items:
+        raise ValueError("empty parameter list: a neural graph needs at least one parameter")
+    named = [(str(i), t) if isinstance(t, Tensor) else tuple(t) for i, t in enumerate(items)]
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"parameter {name!r} is a {type(t).__name__}, expected a torch.Tensor")
+        if not t.is_floating_point():
+            raise TypeError(f"parameter {name!r} has dtype {t.dtype}; neural graphs need floating-point tensors")
+        if t.numel() == 0:
+            raise ValueError(f"parameter {name!r} has no elements (shape {tuple(t.shape)})")
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError("parameter names must be unique")
+    return named
+
+
+@dataclass(eq=False)
+class NeuralGraph:
+    """Neural graph of one network. Build with :meth:`from_module` or :meth:`from_parameters`.
+
+    Structure (fixed per architecture), ``N`` nodes and ``E`` edges:
+
+    * ``edge_index: [2, E]`` (source, target); ``edge_kind: [E]`` (:class:`~encoders.builder.EdgeKind`).
+    * ``node_role [N]`` (:class:`~encoders.builder.Role`), ``node_depth [N]`` (layer depth, inputs 0),
+      ``node_block [N]`` (which layer block), ``node_index [N]`` (position within its block, used for
+      input/output positional embeddings), ``node_activation [N]`` (index into ``ACTIVATIONS``),
+      ``node_head [N]`` (attention head, else 0), ``node_group [N]`` (permutation group of hidden
+      neurons; -1 for neurons that no symmetry moves).
+    * Index map: parameter elements at flat positions ``edge_elem_pos`` live at flat positions
+      ``edge_elem_slot`` of ``edge_attr``; likewise ``node_elem_pos``/``node_elem_slot`` for ``x``.
+
+    Values: ``x [N, Cn]`` and ``edge_attr [E, Ce*K]`` from the parameters given at construction.
+    """
+
+    num_nodes: int
+    edge_index: Tensor
+    edge_kind: Tensor
+    edge_base: Tensor
+    node_role: Tensor
+    node_depth: Tensor
+    node_block: Tensor
+    node_index: Tensor
+    node_activation: Tensor
+    node_head: Tensor
+    node_group: Tensor
+    node_channels: int
+    edge_channels: int
+    kernel_grid: tuple[int, ...]
+    slots: int
+    param_names: list[str]
+    param_shapes: list[tuple[int, ...]]
+    edge_elem_pos: Tensor
+    edge_elem_slot: Tensor
+    node_elem_pos: Tensor
+    node_elem_slot: Tensor
+    x: Tensor = field(init=False)
+    edge_attr: Tensor = field(init=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_module(cls, model: nn.Module) -> NeuralGraph:
+        """Exact graph of ``model``, traced with ``torch.fx`` (see :mod:`encoders.tracing`).
+
+        Raises ``ValueError`` naming the module for a layer it cannot represent.
+        """
+        from encoders.tracing import trace_module
+
+        builder, params = trace_module(model)
+        return cls._finish(builder, params)
+
+    @classmethod
+    def from_parameters(cls, params: ParamsLike) -> NeuralGraph:
+        """Graph from parameter shapes and order alone (what an optimizer sees).
+
+        See :mod:`encoders.chaining` for the rules and what shapes cannot tell.
+        """
+        from encoders.chaining import chain_parameters
+
+        named = named_tensors(params)
+        return cls._finish(chain_parameters(named), named)
+
+    @classmethod
+    def _finish(cls, builder, named: list[tuple[str, Tensor]]) -> NeuralGraph:
+        graph = cls(**builder.finish(named))
+        graph.x, graph.edge_attr = graph.features([t.detach() for _, t in named])
+        return graph
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+    @property
+    def num_params(self) -> int:
+        """Number of parameter elements the graph covers."""
+        return sum(prod(s) for s in self.param_shapes)
+
+    @property
+    def element_edge(self) -> Tensor:
+        """``[P]`` edge id of every parameter element in flat order (-1 where it is on a node)."""
+        out = torch.full((self.num_params,), -1, dtype=torch.long)
+        out[self.edge_elem_pos] = self.edge_elem_slot // (self.edge_channels * self.slots)
+        return out
+
+    @property
+    def element_node(self) -> Tensor:
+        """``[P]`` node id of every parameter element in flat order (-1 where it is on an edge)."""
+        out = torch.full((self.num_params,), -1, dtype=torch.long)
+        out[self.node_elem_pos] = self.node_elem_slot // self.node_channels
+        return out
+
+    # ------------------------------------------------------------------ values <-> features
+    def _check_params(self, params: list[Tensor]) -> None:
+        shapes = [tuple(p.shape) for p in params]
+        if shapes != self.param_shapes:
+            raise ValueError(
+                f"parameters do not match this graph: expected shapes {self.param_shapes}, got {shapes}"
+            )
+
+    def flatten(self, params: list[Tensor]) -> Tensor:
+        """Concatenate ``params`` (graph order) into one flat vector ``[P]``."""
+        self._check_params(params)
+        return torch.cat([p.reshape(-1) for p in params])
+
+    def features(self, params: list[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
+        """Node and edge features for new parameter values (list in graph order, or flat ``[P]``).
+
+        Returns ``x [N, Cn]`` and ``edge_attr [E, Ce*K]``; differentiable w.r.t. ``params``.
+        Extra leading dims are not supported; use ``torch.func.vmap`` for batches.
+        """
+        flat = params if isinstance(params, Tensor) else self.flatten(params)
+        if flat.shape != (self.num_params,):
+            raise ValueError(f"expected a flat parameter vector of {self.num_params} values, got {tuple(flat.shape)}")
+        x = flat.new_zeros(self.num_nodes * self.node_channels)
+        x = x.index_copy(0, self.node_elem_slot, flat[self.node_elem_pos])
+        edge = self.edge_base.to(flat).reshape(-1)
+        edge = edge.index_copy(0, self.edge_elem_slot, flat[self.edge_elem_pos])
+        return x.view(self.num_nodes, self.node_channels), edge.view(self.num_edges, -1)
+
+    def to_flat(self, x: Tensor | None = None, edge_attr: Tensor | None = None) -> Tensor:
+        """Inverse of :meth:`features`: the flat parameter vector ``[P]`` held by ``x``/``edge_attr``.
+
+        ``x: [N, Cn]`` and ``edge_attr: [E, Ce*K]`` default to the graph's own features.
+        """
+        x = self.x if x is None else x
+        edge_attr = self.edge_attr if edge_attr is None else edge_attr
+        if tuple(x.shape) != (self.num_nodes, self.node_channels):
+            raise ValueError(f"x must have shape {(self.num_nodes, self.node_channels)}, got {tuple(x.shape)}")
+        if tuple(edge_attr.shape) != tuple(self.edge_base.shape):
+            raise ValueError(
+                f"edge_attr must have shape {tuple(self.edge_base.shape)}, got {tuple(edge_attr.shape)}"
+            )
+        flat = x.new_zeros(self.num_params)
+        flat = flat.index_copy(0, self.node_elem_pos, x.reshape(-1)[self.node_elem_slot])
+        return flat.index_copy(0, self.edge_elem_pos, edge_attr.reshape(-1)[self.edge_elem_slot])
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector ``[P]`` into ``{name: tensor}`` with the parameters' shapes."""
+        sizes = [prod(s) for s in self.param_shapes]
+        return {
+            name: chunk.view(shape)
+            for name, chunk, shape in zip(self.param_names, flat.split(sizes), self.param_shapes)
+        }
+
+    def to_state_dict(self, x: Tensor | None = None, edge_attr: Tensor | None = None) -> dict[str, Tensor]:
+        """``{param name: tensor}`` from the graph's features, or from new ``x``/``edge_attr``.
+
+        With no arguments this reproduces the parameters the graph was built from exactly.
+        """
+        return self.unflatten(self.to_flat(x, edge_attr))
+
+    # ------------------------------------------------------------------ PyG
+    def to_pyg(self, x: Tensor | None = None, edge_attr: Tensor | None = None) -> Any:
+        """A ``torch_geometric.data.Data`` with features and all node/edge metadata.
+
+        A list of these batches with ``torch_geometric.data.Batch.from_data_list`` (graphs of
+        different architectures may be mixed: feature widths are padded by the encoders' input
+        layers, see :func:`encoders.embeddings.pad_features`).
+        """
+        from torch_geometric.data import Data
+
+        return Data(
+            x=self.x if x is None else x,
+            edge_index=self.edge_index,
+            edge_attr=self.edge_attr if edge_attr is None else edge_attr,
+            edge_kind=self.edge_kind,
+            node_role=self.node_role,
+            node_depth=self.node_depth,
+            node_index=self.node_index,
+            node_activation=self.node_activation,
+            node_head=self.node_head,
+            num_nodes=self.num_nodes,
+        )
+
+    # ------------------------------------------------------------------ display
+    def __repr__(self) -> str:
+        roles = {r.name.lower(): int((self.node_role == r).sum()) for r in Role if (self.node_role == r).any()}
+        kinds = {k.name.lower(): int((self.edge_kind == k).sum()) for k in EdgeKind if (self.edge_kind == k).any()}
+        acts = sorted({ACTIVATIONS[a] for a in self.node_activation.unique().tolist()})
+        return (
+            f"NeuralGraph(nodes={self.num_nodes} {roles}, edges={self.num_edges} {kinds}, "
+            f"x={tuple(self.x.shape)}, edge_attr={tuple(self.edge_attr.shape)}, kernel_grid={self.kernel_grid}, "
+            f"params={len(self.param_names)} tensors / {self.num_params} values, activations={acts})"
+        )

@@ -1,0 +1,319 @@
+"""Neural graphs of ``nn.Module`` objects, discovered by tracing (``NeuralGraph.from_module``).
+
+``torch.fx`` traces the module with the layers below kept as leaves; each traced value is then the
+set of neurons (nodes) that index its feature dimension, and each layer call adds a block of nodes
+and its edges. Supported:
+
+* ``nn.Linear``, ``nn.Conv1d/2d/3d`` (``groups=1``), ``nn.Embedding`` (one input node per token);
+* residual additions ``a + b`` of two traced values (one-to-one identity edges), concatenation
+  along the feature dimension, flatten/reshape of convolution maps (a following linear layer gets
+  one edge per input channel carrying the flattened spatial positions), pooling, dropout, views;
+* ``BatchNorm*``, ``LayerNorm`` (1-D normalized shape), ``GroupNorm``, ``InstanceNorm*`` with
+  affine parameters: a block of new nodes joined one-to-one, ``gamma`` on the edges, ``beta`` on
+  the nodes (without affine parameters they pass values through);
+* ``nn.MultiheadAttention`` (self-attention, packed ``in_proj_weight``): input -> attention
+  neurons with 3-channel (Q, K, V) edges and biases, heads kept distinguishable via ``node_head``
+  and separate permutation groups; ``out_proj`` as a linear layer;
+* ``nn.TransformerEncoderLayer`` (a template, since its fast path cannot be traced);
+* activations, as modules or functions (relu, gelu, silu, tanh, sigmoid, leaky_relu, sin, ...),
+  recorded on the neurons they follow.
+
+Parameters used by no supported layer (e.g. a standalone ``nn.Parameter`` scale) become their own
+component of isolated nodes, so every parameter is covered exactly once. A module with parameters
+of an unsupported type raises ``ValueError`` naming the module and its type. ``GroupNorm`` with
+several groups limits the true channel symmetry to within-group permutations; the graph, like the
+paper's, does not encode that restriction.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from encoders.builder import EdgeKind, GraphBuilder, Role
+from encoders.graph import named_tensors
+
+__all__ = ["trace_module"]
+
+_ACTIVATION_MODULES: dict[type, str] = {
+    nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "silu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+    nn.LeakyReLU: "leaky_relu", nn.Softplus: "softplus", nn.ELU: "elu", nn.ReLU6: "relu",
+    nn.Mish: "other", nn.Hardswish: "other", nn.Hardtanh: "other", nn.Softsign: "other",
+}
+_ACTIVATION_FUNCTIONS: dict[object, str] = {
+    F.relu: "relu", torch.relu: "relu", F.gelu: "gelu", F.silu: "silu", torch.tanh: "tanh",
+    F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.leaky_relu: "leaky_relu",
+    torch.sin: "sine", F.softplus: "softplus", F.elu: "elu", "relu": "relu", "sigmoid": "sigmoid",
+    "tanh": "tanh", "sin": "sine",
+}
+_PASSTHROUGH_MODULES = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, nn.MaxPool1d, nn.MaxPool2d,
+    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_LEAVES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.MultiheadAttention, nn.TransformerEncoderLayer,
+           nn.Flatten, *_NORMS, *_PASSTHROUGH_MODULES, *_ACTIVATION_MODULES)
+_ELEMENTWISE = {operator.mul, operator.truediv, operator.neg, torch.mul, torch.div, "mul", "div", "neg",
+                "contiguous", "clone", "float", "to", "type_as", "squeeze", "unsqueeze", "permute",
+                "transpose", torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, F.dropout,
+                F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
+                F.adaptive_avg_pool2d, F.adaptive_max_pool2d, "mean", torch.mean, "amax", "sum", torch.sum}
+_FLATTENS = {torch.flatten, "flatten", "view", "reshape", torch.reshape}
+_SHAPE_QUERIES = {"size", "dim", "numel", getattr, torch.numel}
+_ADDS = {operator.add, operator.iadd, operator.sub, torch.add, torch.sub, "add", "sub", "add_"}
+
+
+@dataclass
+class _Neurons:
+    """A traced value: the nodes that index its feature (channel) dimension."""
+
+    ids: Tensor | None  # None while an input's width is unknown
+    is_map: bool = False  # a convolution feature map (spatial dims follow the channels)
+    flattened: bool = False  # a convolution map flattened into features
+
+    def like(self, **kw) -> _Neurons:
+        return _Neurons(**{**self.__dict__, **kw})
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+class _Walker:
+    """Walks an fx graph and describes every layer call to a :class:`GraphBuilder`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.b = GraphBuilder()
+        self.modules = dict(model.named_modules())
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.placed: set[str] = set()
+        self.called: set[str] = set()
+        self.tensors: list[tuple[str, Tensor]] = []
+
+    # ------------------------------------------------------------------ helpers
+    def inputs(self, value: _Neurons, width: int, where: str) -> Tensor:
+        """Node ids of ``value``, creating input neurons of ``width`` if it is a fresh input."""
+        if value.ids is None:
+            value.ids = self.b.add_block(width, Role.INPUT, depth=0)
+        if len(value.ids) != width:
+            raise ValueError(f"{where} expects {width} input features but receives {len(value.ids)} neurons")
+        return value.ids
+
+    def place(self, name: str, **kw) -> None:
+        tensor = self.model.get_parameter(name)
+        self.b.place(name, tensor, **kw)
+        self.placed.add(name)
+
+    def new_layer(self, src: Tensor, width: int, role: Role = Role.HIDDEN, heads: int = 1) -> Tensor:
+        return self.b.add_block(width, role, depth=self.b.depth_of(src) + 1, heads=heads)
+
+    def bias(self, prefix: str, module: nn.Module, nodes: Tensor, attr: str = "bias") -> None:
+        if getattr(module, attr, None) is not None:
+            self.place(f"{prefix}{attr}", on_edge=False, entity=nodes)
+
+    # ------------------------------------------------------------------ layers
+    def linear(self, name: str, m: nn.Linear, x: _Neurons) -> _Neurons:
+        prefix = f"{name}." if name else ""
+        if x.ids is not None and x.is_map and len(x.ids) != m.in_features:
+            if m.in_features % len(x.ids):
+                raise ValueError(
+                    f"{name} ({type(m).__name__}) has {m.in_features} input features, not a multiple of the "
+                    f"{len(x.ids)} channels it follows"
+                )
+            spatial = m.in_features // len(x.ids)
+            dst = self.new_layer(x.ids, m.out_features)
+            eid = self.b.dense_edges(x.ids, dst)
+            position = torch.arange(spatial).repeat(len(x.ids)).expand(m.weight.shape)
+            self.place(f"{prefix}weight", on_edge=True, entity=eid.repeat_interleave(spatial, dim=1),
+                       layout=("spatial", (spatial,)), position=position)
+        else:
+            src = self.inputs(x, m.in_features, f"{name} ({type(m).__name__})")
+            dst = self.new_layer(src, m.out_features)
+            eid = self.b.dense_edges(src, dst)
+            self.place(f"{prefix}weight", on_edge=True, entity=eid)
+        self.bias(prefix, m, dst)
+        return _Neurons(dst)
+
+    def conv(self, name: str, m: nn.modules.conv._ConvNd, x: _Neurons) -> _Neurons:
+        if m.groups != 1:
+            raise ValueError(f"{name} ({type(m).__name__}) has groups={m.groups}; grouped convolutions are unsupported")
+        if m.transposed:
+            raise ValueError(f"{name} ({type(m).__name__}): transposed convolutions are not supported")
+        src = self.inputs(x, m.in_channels, f"{name} ({type(m).__name__})")
+        dst = self.new_layer(src, m.out_channels)
+        eid = self.b.dense_edges(src, dst)
+        kernel = tuple(m.kernel_size)
+        self.place(f"{name}.weight", on_edge=True, entity=eid.reshape(eid.shape + (1,) * len(kernel)),
+                   layout=("kernel", kernel))
+        self.bias(f"{name}.", m, dst)
+        return _Neurons(dst, is_map=True)
+
+    def embedding(self, name: str, m: nn.Embedding, x: _Neurons) -> _Neurons:
+        if x.ids is not None:
+            raise ValueError(f"{name} (Embedding) must read the model's token input directly")
+        x.ids = self.b.add_block(m.num_embeddings, Role.INPUT, depth=0)
+        dst = self.new_layer(x.ids, m.embedding_dim)
+        eid = self.b.dense_edges(x.ids, dst)  # [dim, tokens]; weight is [tokens, dim]
+        self.place(f"{name}.weight", on_edge=True, entity=eid.t())
+        return _Neurons(dst)
+
+    def norm(self, name: str, m: nn.Module, x: _Neurons) -> _Neurons:
+        weight = getattr(m, "weight", None)
+        if weight is None:
+            return x
+        if weight.dim() != 1:
+            raise ValueError(f"{name} ({type(m).__name__}) normalizes over shape {tuple(weight.shape)}; "
+                             "only a 1-D (feature/channel) normalized shape is supported")
+        src = self.inputs(x, weight.numel(), f"{name} ({type(m).__name__})")
+        dst = self.b.add_block(len(src), Role.NORM, depth=self.b.depth_of(src) + 1)
+        eid = self.b.identity_edges(src, dst, EdgeKind.NORM)
+        self.place(f"{name}.weight", on_edge=True, entity=eid)
+        self.bias(f"{name}.", m, dst)
+        return x.like(ids=dst)
+
+    def attention(self, name: str, m: nn.MultiheadAttention, x: _Neurons) -> _Neurons:
+        if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+            raise ValueError(f"{name} (MultiheadAttention): only packed self-attention without bias_k/bias_v/"
+                             "add_zero_attn is supported")
+        d = m.embed_dim
+        src = self.inputs(x, d, f"{name} (MultiheadAttention)")
+        att = self.b.add_block(d, Role.ATTENTION, depth=self.b.depth_of(src) + 1, heads=m.num_heads)
+        eid = self.b.dense_edges(src, att, EdgeKind.ATTENTION)  # [d, d]
+        self.place(f"{name}.in_proj_weight", on_edge=True, entity=eid.repeat(3, 1),
+                   channel=torch.arange(3).repeat_interleave(d).unsqueeze(1))
+        if m.in_proj_bias is not None:
+            self.place(f"{name}.in_proj_bias", on_edge=False, entity=att.repeat(3),
+                       channel=torch.arange(3).repeat_interleave(d))
+        return self.linear(f"{name}.out_proj", m.out_proj, _Neurons(att))
+
+    def residual(self, a: _Neurons, b: _Neurons) -> _Neurons:
+        """``a + b``: identity edges from the older block into the newer one, which carries the sum."""
+        if a.ids is None or b.ids is None:
+            raise ValueError("a residual addition with the raw model input is not supported")
+        if a.ids[0] == b.ids[0]:
+            return b
+        old, new = (a, b) if a.ids[0] < b.ids[0] else (b, a)
+        self.b.identity_edges(old.ids, new.ids, EdgeKind.RESIDUAL)
+        return new
+
+    def transformer_layer(self, name: str, m: nn.TransformerEncoderLayer, x: _Neurons) -> _Neurons:
+        act = m.activation if not isinstance(m.activation, nn.Module) else type(m.activation)
+        act_name = _ACTIVATION_MODULES.get(act) or _ACTIVATION_FUNCTIONS.get(act, "other")
+
+        def feed_forward(h: _Neurons) -> _Neurons:
+            h = self.linear(f"{name}.linear1", m.linear1, h)
+            self.b.set_activation(h.ids, act_name)
+            return self.linear(f"{name}.linear2", m.linear2, h)
+
+        def attn(h: _Neurons) -> _Neurons:
+            return self.attention(f"{name}.self_attn", m.self_attn, h)
+
+        norm1 = lambda h: self.norm(f"{name}.norm1", m.norm1, h)  # noqa: E731
+        norm2 = lambda h: self.norm(f"{name}.norm2", m.norm2, h)  # noqa: E731
+        if m.norm_first:
+            x = self.residual(x, attn(norm1(x)))
+            return self.residual(x, feed_forward(norm2(x)))
+        x = norm1(self.residual(x, attn(x)))
+        return norm2(self.residual(x, feed_forward(x)))
+
+    # ------------------------------------------------------------------ walk
+    def call_module(self, node: fx.Node, args: list) -> object:
+        name = node.target
+        m = self.modules[name]
+        x = args[0] if args else None
+        if name in self.called and any(True for _ in m.parameters(recurse=False)):
+            raise ValueError(f"module {name!r} ({type(m).__name__}) is called more than once; weight sharing "
+                             "is not supported by from_module (use NeuralGraph.from_parameters)")
+        self.called.add(name)
+        if isinstance(m, _PASSTHROUGH_MODULES):
+            return x
+        if isinstance(m, tuple(_ACTIVATION_MODULES)):
+            return self.activate(x, _ACTIVATION_MODULES[type(m)])
+        if not isinstance(x, _Neurons):
+            raise ValueError(f"module {name!r} ({type(m).__name__}) receives a value the tracer cannot follow")
+        if isinstance(m, nn.Flatten):
+            return x.like(flattened=x.is_map)
+        layers = {nn.Linear: self.linear, nn.modules.conv._ConvNd: self.conv, nn.Embedding: self.embedding,
+                  nn.MultiheadAttention: self.attention, nn.TransformerEncoderLayer: self.transformer_layer}
+        for cls, fn in layers.items():
+            if isinstance(m, cls):
+                out = fn(name, m, x)
+                return (out, None) if isinstance(m, nn.MultiheadAttention) else out
+        if isinstance(m, _NORMS):
+            return self.norm(name, m, x)
+        if any(True for _ in m.parameters()):
+            raise ValueError(f"module {name!r} of type {type(m).__name__} is not supported by neural graphs")
+        return x  # a parameter-free module without a template: values pass through
+
+    def activate(self, x: object, activation: str) -> object:
+        if isinstance(x, _Neurons) and x.ids is not None:
+            self.b.set_activation(x.ids, activation)
+        return x
+
+    def call_function(self, node: fx.Node, args: list) -> object:
+        target = node.target
+        neurons = [a for a in args if isinstance(a, _Neurons)]
+        if target in _ACTIVATION_FUNCTIONS:
+            return self.activate(args[0], _ACTIVATION_FUNCTIONS[target])
+        if target is operator.getitem and isinstance(args[0], tuple):
+            return args[0][args[1]]
+        if not neurons or target in _SHAPE_QUERIES:
+            return None  # shapes, sizes, constants
+        if target in _ADDS and len(neurons) == 2:
+            return self.residual(*neurons)
+        if target in _ADDS or target in _ELEMENTWISE:
+            return neurons[0]
+        if target in _FLATTENS:
+            return neurons[0].like(flattened=neurons[0].is_map)
+        if target in (torch.cat, torch.concat):
+            parts = args[0]
+            if not all(isinstance(p, _Neurons) and p.ids is not None for p in parts):
+                raise ValueError("torch.cat of values the tracer cannot follow")
+            return _Neurons(torch.cat([p.ids for p in parts]), is_map=parts[0].is_map)
+        raise ValueError(f"operation {getattr(target, '__name__', target)!r} on network activations is not "
+                         "supported by neural graphs")
+
+    def run(self) -> tuple[GraphBuilder, list[tuple[str, Tensor]]]:
+        try:
+            graph = _Tracer().trace(self.model)
+        except Exception as err:  # fx raises many types; name the model in one clear error
+            raise ValueError(f"torch.fx cannot trace {type(self.model).__name__}: {err}") from err
+        env: dict[fx.Node, object] = {}
+        outputs: list[_Neurons] = []
+        for node in graph.nodes:
+            args = fx.node.map_arg(node.args, lambda n: env[n])
+            args = list(args)
+            if node.op == "placeholder":
+                env[node] = _Neurons(None)
+            elif node.op == "get_attr":
+                env[node] = None
+            elif node.op == "call_module":
+                env[node] = self.call_module(node, args)
+            elif node.op in ("call_function", "call_method"):
+                env[node] = self.call_function(node, args)
+            elif node.op == "output":
+                fx.node.map_aggregate(args[0], lambda v: outputs.append(v) if isinstance(v, _Neurons) else None)
+        for out in outputs:
+            if out.ids is not None:
+                self.b.mark_output(out.ids)
+        named = named_tensors(self.model.named_parameters())
+        for pname, tensor in named:
+            if pname not in self.placed:  # a parameter no layer template claims: its own component
+                ids = self.b.add_block(tensor.numel(), Role.OTHER, depth=0)
+                self.b.place(pname, tensor, on_edge=False, entity=ids.reshape(tensor.shape))
+        return self.b, named
+
+
+def trace_module(model: nn.Module) -> tuple[GraphBuilder, list[tuple[str, Tensor]]]:
+    """Trace ``model`` into a :class:`GraphBuilder`; returns it and ``model.named_parameters()``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"from_module expects an nn.Module, got {type(model).__name__}")
+    return _Walker(model).run()
