@@ -196,19 +196,31 @@ class GraphBuilder:
         )
 
     # ----------------------------------------------------------------- finish
-    def finish(self, params: list[tuple[str, Tensor]]) -> dict:
-        """Resolve placements into flat index maps; returns the fields of a ``NeuralGraph``."""
+    def finish(
+        self,
+        params: list[tuple[str, Tensor]],
+        *,
+        kernel_grid: tuple[int, ...] = (),
+        node_channels: int = 1,
+        edge_channels: int = 1,
+        slots: int = 1,
+    ) -> dict:
+        """Resolve placements into flat index maps; returns the fields of a ``NeuralGraph``.
+
+        The keyword arguments are minimum feature layouts, so that graphs of different
+        architectures share one layout (e.g. a zoo padded to its largest kernel).
+        """
         by_name = {p.name: p for p in self._placements}
         if len(by_name) != len(self._placements):
             raise ValueError("a parameter was placed twice")
         missing = [n for n, _ in params if n not in by_name]
         if missing:
             raise RuntimeError(f"internal error: parameters without a place: {missing}")
-        kernel_grid = self._kernel_grid()
+        kernel_grid = self._kernel_grid(kernel_grid)
         spatial = max((p.layout[1][0] for p in self._placements if p.layout[0] == "spatial"), default=1)
-        slots = max(prod(kernel_grid), spatial)
-        edge_channels = 1 + max((int(p.channel.max()) for p in self._placements if p.on_edge), default=0)
-        node_channels = 1 + max((int(p.channel.max()) for p in self._placements if not p.on_edge), default=0)
+        slots = max(prod(kernel_grid), spatial, slots)
+        edge_channels = max([edge_channels, *(int(p.channel.max()) + 1 for p in self._placements if p.on_edge)])
+        node_channels = max([node_channels, *(int(p.channel.max()) + 1 for p in self._placements if not p.on_edge)])
 
         edge_pos, edge_slot, node_pos, node_slot = [], [], [], []
         offset = 0
@@ -273,8 +285,8 @@ class GraphBuilder:
             "node_elem_slot": cat(node_slot),
         }
 
-    def _kernel_grid(self) -> tuple[int, ...]:
-        kernels = [p.layout[1] for p in self._placements if p.layout[0] == "kernel"]
+    def _kernel_grid(self, minimum: tuple[int, ...]) -> tuple[int, ...]:
+        kernels = [minimum] + [p.layout[1] for p in self._placements if p.layout[0] == "kernel"]
         ndim = max((len(k) for k in kernels), default=0)
         grid = [1] * ndim
         for k in kernels:

@@ -97,30 +97,33 @@ class NeuralGraph:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_module(cls, model: nn.Module) -> NeuralGraph:
+    def from_module(cls, model: nn.Module, **layout: Any) -> NeuralGraph:
         """Exact graph of ``model``, traced with ``torch.fx`` (see :mod:`encoders.tracing`).
 
-        Raises ``ValueError`` naming the module for a layer it cannot represent.
+        ``layout`` sets minimum feature layouts shared across graphs: ``kernel_grid`` (e.g.
+        ``(7, 7)``), ``node_channels``, ``edge_channels``, ``slots``. Raises ``ValueError`` naming
+        the module for a layer it cannot represent.
         """
         from encoders.tracing import trace_module
 
         builder, params = trace_module(model)
-        return cls._finish(builder, params)
+        return cls._finish(builder, params, layout)
 
     @classmethod
-    def from_parameters(cls, params: ParamsLike) -> NeuralGraph:
+    def from_parameters(cls, params: ParamsLike, **layout: Any) -> NeuralGraph:
         """Graph from parameter shapes and order alone (what an optimizer sees).
 
-        See :mod:`encoders.chaining` for the rules and what shapes cannot tell.
+        See :mod:`encoders.chaining` for the rules and what shapes cannot tell; ``layout`` as in
+        :meth:`from_module`.
         """
         from encoders.chaining import chain_parameters
 
         named = named_tensors(params)
-        return cls._finish(chain_parameters(named), named)
+        return cls._finish(chain_parameters(named), named, layout)
 
     @classmethod
-    def _finish(cls, builder, named: list[tuple[str, Tensor]]) -> NeuralGraph:
-        graph = cls(**builder.finish(named))
+    def _finish(cls, builder, named: list[tuple[str, Tensor]], layout: dict[str, Any]) -> NeuralGraph:
+        graph = cls(**builder.finish(named, **layout))
         graph.x, graph.edge_attr = graph.features([t.detach() for _, t in named])
         return graph
 
@@ -212,9 +215,9 @@ class NeuralGraph:
     def to_pyg(self, x: Tensor | None = None, edge_attr: Tensor | None = None) -> Any:
         """A ``torch_geometric.data.Data`` with features and all node/edge metadata.
 
-        A list of these batches with ``torch_geometric.data.Batch.from_data_list`` (graphs of
-        different architectures may be mixed: feature widths are padded by the encoders' input
-        layers, see :func:`encoders.embeddings.pad_features`).
+        A list of these batches with ``torch_geometric.data.Batch.from_data_list``. Graphs of
+        different architectures can share a batch when they were built with one feature layout
+        (``from_module(model, kernel_grid=..., node_channels=..., edge_channels=...)``).
         """
         from torch_geometric.data import Data
 
