@@ -1,0 +1,34 @@
+"""The ``l2o`` command: ``demo`` and the subcommands of the other packages."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from l2o.demo import run_demo
+
+    run_demo(args.dataset, args.steps, args.batch_size, args.seed, Path(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l2o", description="Learned optimization with neural graphs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train an MLP with the pretrained NeuralGraphOpt next to Adam")
+    demo.add_argument("--dataset", choices=["mnist5k", "digits"], default="mnist5k")
+    demo.add_argument("--steps", type=int, default=500)
+    demo.add_argument("--batch-size", type=int, default=128)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="results/demo", help="folder for demo.png and demo.json")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
