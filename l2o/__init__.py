@@ -1,0 +1,17 @@
+"""l2o: learned optimization with neural graphs."""
+
+from l2o.ff import FFRule
+from l2o.functional import learned_step
+from l2o.hub import from_pretrained, register_rule, save_pretrained
+from l2o.optim import NeuralGraphOpt
+from l2o.rule import UpdateRule
+
+__all__ = [
+    "FFRule",
+    "NeuralGraphOpt",
+    "UpdateRule",
+    "from_pretrained",
+    "learned_step",
+    "register_rule",
+    "save_pretrained",
+]

@@ -6,6 +6,7 @@ the meta-training unrolls and the benchmarks all call it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -24,8 +25,8 @@ def learned_step(
     context: Any = None,
     *,
     meta_params: dict[str, Tensor] | None = None,
-    lr: float | Tensor = 1.0,
-    weight_decay: float | Tensor = 0.0,
+    lr: float | Tensor | Sequence[float | Tensor] = 1.0,
+    weight_decay: float | Tensor | Sequence[float | Tensor] = 0.0,
 ) -> tuple[list[Tensor], dict[str, Any]]:
     """One learned optimizer step, as a pure function.
 
@@ -36,8 +37,10 @@ def learned_step(
         context: ``rule.build_context(params)``, computed once per architecture.
         meta_params: substitute meta-parameters ``{name: tensor}`` (for meta-training); gradients
             flow to them.
-        lr: multiplies the learned update, so schedulers work as with any torch optimizer.
-        weight_decay: decoupled weight decay, ``p <- p - lr * weight_decay * p``.
+        lr: multiplies the learned update, so schedulers work as with any torch optimizer. One
+            value for all parameters, or a list with one value per parameter (parameter groups).
+        weight_decay: decoupled weight decay, ``p <- p - lr * weight_decay * p``; one value or
+            one per parameter, like ``lr``.
 
     Returns:
         ``(new_params, new_state)``; inputs are not modified.
@@ -48,5 +51,23 @@ def learned_step(
         updates, new_state = rule(params, grads, state, context)
     else:
         updates, new_state = functional_call(rule, meta_params, (params, grads, state, context))
-    new_params = [p - lr * (u.to(p.dtype) + weight_decay * p) for p, u in zip(params, updates)]
+    lrs, wds = _per_parameter(lr, len(params), "lr"), _per_parameter(weight_decay, len(params), "weight_decay")
+    new_params = [_apply(p, u, l, w) for p, u, l, w in zip(params, updates, lrs, wds)]
     return new_params, new_state
+
+
+def _apply(param: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float | Tensor) -> Tensor:
+    """``param - lr * (update + weight_decay * param)``, skipping the decay term when it is a plain 0."""
+    update = update.to(param.dtype)
+    if isinstance(weight_decay, Tensor) or weight_decay != 0:
+        update = update + weight_decay * param
+    return param - lr * update
+
+
+def _per_parameter(value: Any, n: int, name: str) -> list[Any]:
+    """``value`` repeated ``n`` times, or the list of ``n`` values it already is."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"got {len(value)} values of {name} for {n} parameters")
+        return list(value)
+    return [value] * n

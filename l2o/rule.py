@@ -26,7 +26,10 @@ class UpdateRule(nn.Module):
     * :meth:`build_context` — once per architecture: whatever the rule precomputes from the
       parameter list (e.g. the neural graph and its index maps). ``None`` for rules without one.
     * :meth:`init_state` — the optimizer state for fresh parameters (a pytree of tensors whose
-      leaves are all tensors, so it can be saved in a ``state_dict`` and vmapped).
+      leaves are all tensors, so it can be saved in a ``state_dict`` and vmapped). It is a dict
+      whose per-parameter entries are lists with one item per parameter, in order; other entries
+      are shared (e.g. a step counter). ``NeuralGraphOpt`` relies on this to leave the state of
+      parameters without gradients untouched and to extend the state in ``add_param_group``.
     * :meth:`forward` — ``(params, grads, state, context) -> (updates, new_state)``. ``updates[i]``
       has the shape of ``params[i]``; the optimizer applies ``p <- p - lr * update``. It must not
       modify its inputs in place.

@@ -1,0 +1,275 @@
+"""``NeuralGraphOpt``: a thin ``torch.optim.Optimizer`` over :func:`l2o.functional.learned_step`.
+
+**Rule state convention.** The optimizer treats the rule's state (``rule.init_state(params)``)
+as a dict whose values are either *per-parameter* — a list with exactly one entry per parameter,
+in optimizer order — or *shared* (anything else, e.g. the step counter or graph-level state).
+It relies on this for two things:
+
+* **Parameters without a gradient** (``p.grad is None``) are skipped: the rule is called on *all*
+  parameters (so a graph rule still sees the whole network) with zeros in place of the missing
+  gradients; afterwards those parameters and their per-parameter state entries are left exactly
+  as they were, while shared state advances. If no parameter has a gradient, ``step`` does nothing.
+* **add_param_group** keeps the per-parameter entries of the existing parameters, initialises
+  the new ones, and keeps shared entries whose structure and shapes are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from l2o.functional import learned_step
+from l2o.hub import load_rule
+from l2o.rule import UpdateRule
+
+__all__ = ["DEFAULT_RULE", "NeuralGraphOpt"]
+
+DEFAULT_RULE = "ff"
+"""The rule used when ``rule=None``: the FF baseline with its documented Adam-like init."""
+
+
+def _is_per_param(value: Any, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n
+
+
+def _same_structure(a: Any, b: Any) -> bool:
+    """Whether two pytrees have the same structure and leaf shapes and dtypes."""
+    (leaves_a, spec_a), (leaves_b, spec_b) = tree_flatten(a), tree_flatten(b)
+    return spec_a == spec_b and all(
+        not isinstance(x, Tensor) or (isinstance(y, Tensor) and x.shape == y.shape and x.dtype == y.dtype)
+        for x, y in zip(leaves_a, leaves_b)
+    )
+
+
+class NeuralGraphOpt(Optimizer):
+    """A learned optimizer: ``p <- p - lr * (rule update + weight_decay * p)`` per parameter.
+
+    Args:
+        params: parameters or parameter groups, as for any ``torch.optim.Optimizer`` (``(name,
+            tensor)`` pairs are accepted and name parameters in error messages).
+        lr: multiplies the rule's update (1.0 = the step the rule was trained for; with the
+            default rule, the step of ``Adam(lr=1e-3)``). Schedulers change it per group.
+        weight_decay: decoupled weight decay per group.
+        rule: an :class:`~l2o.rule.UpdateRule`, a registered name (``"ff"``), a saved rule folder,
+            or a shipped/Hub rule name (see :func:`l2o.hub.load_rule`); ``None`` = :data:`DEFAULT_RULE`.
+            The rule module is moved to the parameters' device.
+        model: the module the parameters belong to, passed to ``rule.build_context`` and used to
+            name parameters in errors.
+        maximize: ascend instead of descend (per group).
+
+    ``rule.build_context`` is called once over *all* parameters (all groups, in order), and again
+    when a group is added. The rule's meta-parameters are not part of :meth:`state_dict`; the rule's
+    class and config and the parameter shapes are, and :meth:`load_state_dict` checks them.
+
+    Attributes:
+        rule: the update rule. context: ``rule.build_context(params, model)``.
+        rule_state: the rule's state over all parameters (see the module docstring).
+        skipped_steps: number of steps skipped because of non-finite gradients.
+
+    Raises (at construction, :meth:`add_param_group` or :meth:`step`, naming the parameter):
+        TypeError: non-floating-point or complex parameters; sparse, complex or integer gradients.
+        ValueError: parameters on several devices, a parameter listed twice, negative lr or weight decay.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
+        lr: float | Tensor = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        rule: UpdateRule | str | os.PathLike | None = None,
+        model: nn.Module | None = None,
+        maximize: bool = False,
+    ) -> None:
+        self.rule = load_rule(DEFAULT_RULE if rule is None else rule)
+        self.model = model
+        self.skipped_steps = 0
+        self._warned_nonfinite = False
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "maximize": maximize})
+        self._setup(None)
+
+    # ----------------------------------------------------------------------------- parameters
+    def _flat_params(self) -> tuple[list[Tensor], list[str | None], list[str]]:
+        """All parameters in optimizer order, their names (``None`` if unknown) and labels for errors."""
+        model_names = {id(p): n for n, p in self.model.named_parameters()} if self.model is not None else {}
+        params, names, labels = [], [], []
+        for g, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                name = group["param_names"][j] if "param_names" in group else model_names.get(id(p))
+                label = f"{name!r}" if name is not None else f"#{len(params)} (group {g})"
+                params.append(p)
+                names.append(name)
+                labels.append(f"parameter {label} of shape {list(p.shape)}")
+        return params, names, labels
+
+    def _setup(self, previous: tuple[dict[str, Any], int] | None) -> None:
+        """Check the parameters, build the context and the state (carrying ``previous`` over)."""
+        params, _, labels = self._flat_params()
+        seen: dict[int, str] = {}
+        for p, name in zip(params, labels):
+            if p.is_complex() or not p.is_floating_point():
+                raise TypeError(f"NeuralGraphOpt needs real floating-point parameters; {name} is {p.dtype}")
+            if id(p) in seen:
+                raise ValueError(f"{name} is listed twice (also as {seen[id(p)]})")
+            seen[id(p)] = name
+            if p.device != params[0].device:
+                raise ValueError(
+                    f"all parameters must be on one device: {labels[0]} is on {params[0].device}, {name} on {p.device}"
+                )
+        for group in self.param_groups:
+            for key in ("lr", "weight_decay"):
+                if not isinstance(group[key], Tensor) and group[key] < 0:
+                    raise ValueError(f"{key} must be >= 0, got {group[key]}")
+        if params:
+            self.rule.to(params[0].device)
+        context = self.rule.build_context(params, self.model)
+        state = self.rule.init_state(params)
+        if previous is not None:
+            old, n_old = previous
+            for key, fresh in state.items():
+                if _is_per_param(fresh, len(params)) and _is_per_param(old.get(key), n_old):
+                    state[key] = old[key] + fresh[n_old:]
+                elif key in old and _same_structure(old[key], fresh):
+                    state[key] = old[key]
+        self.context, self.rule_state, self._labels = context, state, labels
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (as in torch); rebuilds the context over all parameters and extends the state."""
+        super().add_param_group(param_group)
+        if not hasattr(self, "rule_state"):  # still inside __init__, which sets up once at the end
+            return
+        try:
+            self._setup((self.rule_state, len(self._labels)))
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    # --------------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimizer step; ``closure`` (re-evaluates the model, returns the loss) as in torch.
+
+        Returns the closure's loss (or ``None``). Skips the whole step, leaving parameters and
+        state untouched, if any gradient is NaN/Inf (counted in :attr:`skipped_steps`, warned once).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, grads, lrs, wds, has_grad = [], [], [], [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                name = self._labels[len(params)]
+                if g is not None and g.layout != torch.strided:
+                    raise TypeError(f"NeuralGraphOpt does not support sparse gradients ({name})")
+                if g is not None and (g.is_complex() or not g.is_floating_point()):
+                    raise TypeError(f"NeuralGraphOpt needs real floating-point gradients; {name} has {g.dtype}")
+                has_grad.append(g is not None)
+                g = torch.zeros_like(p) if g is None else g
+                params.append(p)
+                grads.append(-g if group["maximize"] else g)
+                lrs.append(group["lr"])
+                wds.append(group["weight_decay"])
+        if not any(has_grad):
+            return loss
+        if not bool(torch.stack([torch.isfinite(g).all() for g, h in zip(grads, has_grad) if h]).all()):
+            self._skip_step(grads, has_grad)
+            return loss
+        new_params, new_state = learned_step(
+            self.rule, params, grads, self.rule_state, self.context, lr=lrs, weight_decay=wds
+        )
+        if not all(has_grad):
+            for key, value in new_state.items():
+                if _is_per_param(value, len(params)):
+                    new_state[key] = [v if h else old for v, old, h in zip(value, self.rule_state[key], has_grad)]
+        for p, new, h in zip(params, new_params, has_grad):
+            if h:
+                p.copy_(new)
+        self.rule_state = new_state
+        return loss
+
+    def _skip_step(self, grads: list[Tensor], has_grad: list[bool]) -> None:
+        self.skipped_steps += 1
+        if not self._warned_nonfinite:
+            bad = next(n for n, g, h in zip(self._labels, grads, has_grad) if h and not torch.isfinite(g).all())
+            warnings.warn(
+                f"NeuralGraphOpt: non-finite gradient (first: {bad}); skipping this step for all "
+                "parameters (counted in optimizer.skipped_steps; this warning is shown once)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._warned_nonfinite = True
+
+    # --------------------------------------------------------------------------- state dict
+    def _fingerprint(self) -> dict[str, Any]:
+        rule = {"class": type(self.rule).__name__, "config": json.loads(json.dumps(self.rule.config()))}
+        params, names, _ = self._flat_params()
+        return {"rule": rule, "params": [{"name": n, "shape": list(p.shape)} for n, p in zip(names, params)]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-identically: ``{"state": {"rule_state", "skipped_steps"},
+        "param_groups": [...], "rule": {class, config}, "params": [{name, shape}]}``; names (from
+        ``model=`` or ``(name, tensor)`` pairs) are ``None`` when unknown.
+
+        Group ``params`` are indices, as in torch. Tensors are shared with the optimizer, which
+        never modifies them in place (each step makes a new state), so the dict stays a snapshot.
+        """
+        groups, start = [], 0
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            groups.append(packed)
+        state = {"rule_state": self.rule_state, "skipped_steps": self.skipped_steps}
+        return {"state": state, "param_groups": groups, **self._fingerprint()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (tensors are copied, onto the devices of the current state).
+
+        Raises:
+            ValueError: it is not a NeuralGraphOpt state dict, or was made with a different rule
+                (class or config), different parameters (count, shapes, or names where both are
+                known) or different groups.
+        """
+        missing = {"state", "param_groups", "rule", "params"} - set(state_dict)
+        if missing:
+            raise ValueError(f"not a NeuralGraphOpt state dict: missing {sorted(missing)}")
+        mine = self._fingerprint()
+        if state_dict["rule"] != mine["rule"]:
+            raise ValueError(f"state dict was made with rule {state_dict['rule']}, this optimizer uses {mine['rule']}")
+        theirs = state_dict["params"]
+        if [p["shape"] for p in theirs] != [p["shape"] for p in mine["params"]]:
+            raise ValueError(
+                f"state dict was made for a different model: parameter shapes "
+                f"{[p['shape'] for p in theirs]} vs {[p['shape'] for p in mine['params']]}"
+            )
+        clashes = [(a["name"], b["name"]) for a, b in zip(theirs, mine["params"]) if None not in (a["name"], b["name"])]
+        if any(a != b for a, b in clashes):
+            raise ValueError(f"state dict was made for different parameters (saved name, name here): {clashes}")
+        saved_groups = state_dict["param_groups"]
+        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("state dict has different parameter groups (number or sizes)")
+        rule_state = state_dict["state"]["rule_state"]
+        if not _same_structure(rule_state, self.rule_state):
+            raise ValueError("the rule state in the state dict does not match this rule and these parameters")
+        leaves, spec = tree_flatten(rule_state)
+        current = tree_flatten(self.rule_state)[0]
+        self.rule_state = tree_unflatten(
+            [x.to(c.device, copy=True) if isinstance(x, Tensor) else x for x, c in zip(leaves, current)], spec
+        )
+        for group, saved in zip(self.param_groups, saved_groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        self.skipped_steps = int(state_dict["state"]["skipped_steps"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling / ``copy.deepcopy`` keep the rule, context and state (torch's base drops them)."""
+        return dict(self.__dict__)
