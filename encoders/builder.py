@@ -74,6 +74,7 @@ class GraphBuilder:
         self._node_head: list[Tensor] = []
         self._edges: list[tuple[Tensor, Tensor, int]] = []
         self._num_edges = 0
+        self._bicliques: list[tuple[Tensor, Tensor, Tensor]] = []  # (sources, targets, edge ids)
         self._edge_constants: list[tuple[Tensor, int]] = []  # (edge ids, channel) with an identity kernel
         self._placements: list[_Placement] = []
         self._parent: list[int] = []  # union-find over permutation groups
@@ -150,10 +151,16 @@ class GraphBuilder:
         return ids
 
     def dense_edges(self, src: Tensor, dst: Tensor, kind: EdgeKind = EdgeKind.WEIGHT) -> Tensor:
-        """All edges ``src[i] -> dst[j]``; returns ids ``[len(dst), len(src)]`` (weight-matrix order)."""
+        """All edges ``src[i] -> dst[j]``; returns ids ``[len(dst), len(src)]`` (weight-matrix order).
+
+        The pair is also recorded as a *biclique*, so that neuron-level layers can aggregate over
+        it in ``O(len(src) + len(dst))`` instead of ``O(len(src) * len(dst))``.
+        """
         s = src.unsqueeze(0).expand(len(dst), len(src))
         d = dst.unsqueeze(1).expand(len(dst), len(src))
-        return self.add_edges(s, d, kind)
+        ids = self.add_edges(s, d, kind)
+        self._bicliques.append((src, dst, ids))
+        return ids
 
     def identity_edges(self, src: Tensor, dst: Tensor, kind: EdgeKind) -> Tensor:
         """One-to-one edges ``src[k] -> dst[k]`` (residual or normalization); returns ids ``[k]``."""
@@ -235,7 +242,8 @@ class GraphBuilder:
             else:
                 node_pos.append(flat)
                 node_slot.append(p.entity.reshape(-1) * node_channels + p.channel.reshape(-1))
-        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
+        def cat(xs: list[Tensor], dim: int = 0) -> Tensor:
+            return torch.cat(xs, dim) if xs else torch.zeros((0,) if dim == 0 else (2, 0), dtype=torch.long)
 
         src = cat([e[0] for e in self._edges])
         dst = cat([e[1] for e in self._edges])
@@ -244,6 +252,12 @@ class GraphBuilder:
         centre = self._centre_column(kernel_grid)
         for ids, ch in self._edge_constants:
             edge_base[ids, ch * slots + centre] = 1.0
+
+        in_biclique = torch.zeros(self._num_edges, dtype=torch.bool)
+        for _, _, ids in self._bicliques:
+            in_biclique[ids.reshape(-1)] = True
+        biclique_src = cat([torch.stack([s, torch.full_like(s, i)]) for i, (s, _, _) in enumerate(self._bicliques)], 1)
+        biclique_dst = cat([torch.stack([d, torch.full_like(d, i)]) for i, (_, d, _) in enumerate(self._bicliques)], 1)
 
         node_block = cat(self._node_block)
         blocks = self._blocks
@@ -266,6 +280,9 @@ class GraphBuilder:
             "edge_index": torch.stack([src, dst]) if len(src) else torch.zeros(2, 0, dtype=torch.long),
             "edge_kind": kind,
             "edge_base": edge_base,
+            "biclique_src": biclique_src,
+            "biclique_dst": biclique_dst,
+            "edge_in_biclique": in_biclique,
             "node_role": role,
             "node_depth": depth,
             "node_block": node_block,

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import Data
 
 from encoders.builder import ACTIVATIONS, EdgeKind, Role
 
@@ -53,6 +54,14 @@ def named_tensors(params: ParamsLike) -> list[tuple[str, Tensor]]:
     return named
 
 
+class NeuralGraphData(Data):
+    """The PyG ``Data`` of a neural graph: ``node_index`` (a position within a layer, not a node id)
+    is not offset when graphs are batched, as PyG does for attributes named ``*index*``."""
+
+    def __inc__(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        return 0 if key == "node_index" else super().__inc__(key, value, *args, **kwargs)
+
+
 @dataclass(eq=False)
 class NeuralGraph:
     """Neural graph of one network. Build with :meth:`from_module` or :meth:`from_parameters`.
@@ -60,6 +69,10 @@ class NeuralGraph:
     Structure (fixed per architecture), ``N`` nodes and ``E`` edges:
 
     * ``edge_index: [2, E]`` (source, target); ``edge_kind: [E]`` (:class:`~encoders.builder.EdgeKind`).
+    * Bicliques: every dense layer connection (all sources to all targets), as memberships
+      ``biclique_src: [2, S]`` and ``biclique_dst: [2, D]`` (rows: node id, biclique id);
+      ``edge_in_biclique: [E]`` marks the edges they cover (the rest are one-to-one edges). Layers
+      that aggregate neuron states over neighbours use them to cost ``O(N)`` instead of ``O(E)``.
     * ``node_role [N]`` (:class:`~encoders.builder.Role`), ``node_depth [N]`` (layer depth, inputs 0),
       ``node_block [N]`` (which layer block), ``node_index [N]`` (position within its block, used for
       input/output positional embeddings), ``node_activation [N]`` (index into ``ACTIVATIONS``),
@@ -75,6 +88,9 @@ class NeuralGraph:
     edge_index: Tensor
     edge_kind: Tensor
     edge_base: Tensor
+    biclique_src: Tensor
+    biclique_dst: Tensor
+    edge_in_biclique: Tensor
     node_role: Tensor
     node_depth: Tensor
     node_block: Tensor
@@ -219,9 +235,7 @@ class NeuralGraph:
         different architectures can share a batch when they were built with one feature layout
         (``from_module(model, kernel_grid=..., node_channels=..., edge_channels=...)``).
         """
-        from torch_geometric.data import Data
-
-        return Data(
+        return NeuralGraphData(
             x=self.x if x is None else x,
             edge_index=self.edge_index,
             edge_attr=self.edge_attr if edge_attr is None else edge_attr,

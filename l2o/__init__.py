@@ -2,6 +2,7 @@
 
 from l2o.ff import FFRule
 from l2o.functional import learned_step
+from l2o.graph_rule import NeuralGraphRule
 from l2o.hub import from_pretrained, register_rule, save_pretrained
 from l2o.optim import NeuralGraphOpt
 from l2o.rule import UpdateRule
@@ -9,6 +10,7 @@ from l2o.rule import UpdateRule
 __all__ = [
     "FFRule",
     "NeuralGraphOpt",
+    "NeuralGraphRule",
     "UpdateRule",
     "from_pretrained",
     "learned_step",

@@ -72,7 +72,11 @@ __all__ = [
     "init_stats",
     "matrix_shape",
     "tensor_stats",
+    "time_features",
     "update_stats",
+    "COMPACT_FEATURE_NAMES",
+    "compact_features",
+    "direction_magnitude_update",
 ]
 
 EPS = 1e-16
@@ -215,7 +219,7 @@ def update_stats(
     return new
 
 
-def _time_features(step: Tensor, like: Tensor) -> Tensor:
+def time_features(step: Tensor, like: Tensor) -> Tensor:
     """``tanh(t / tau - 1)`` for every ``tau`` in :data:`TIMESCALES`: ``[NUM_TIME_FEATURES]``."""
     taus = torch.tensor(TIMESCALES, dtype=like.dtype, device=like.device)
     return torch.tanh(step.to(device=like.device, dtype=like.dtype) / taus - 1)
@@ -276,7 +280,7 @@ def feature_chunks(
     rows_per_chunk = max(1, chunk_size // n_cols)
     blocks = [slice(r, min(r + rows_per_chunk, n_rows)) for r in range(0, n_rows, rows_per_chunk)]
     row_mean = stats.row.mean(dim=1)[:, None, None]  # [3, 1, 1]
-    time = _time_features(step, stats.rms)
+    time = time_features(step, stats.rms)
     if len(blocks) == 1:
         raw = _raw_features(param, grad, stats, row_mean, blocks[0])
         cached = [raw]
@@ -327,3 +331,57 @@ def adam_direction(
     correction1 = -torch.expm1(t * torch.log1p(-rate1))  # 1 - beta1**t, accurate for beta near 1
     correction2 = -torch.expm1(t * torch.log1p(-rate2))
     return (mom / correction1) / (torch.sqrt(rms) / torch.sqrt(correction2) + eps)
+
+
+COMPACT_FEATURE_NAMES: tuple[str, ...] = (
+    "g", "p", "m0", "m1", "m2", "m0/sqrt(v)", "m1/sqrt(v)", "m2/sqrt(v)", "g/sqrt(vhat0)",
+)
+"""The cheap per-element feature set of graph rules (the time features are per step, not per element)."""
+
+
+def compact_features(
+    param: Tensor, grad: Tensor, stats: TensorStats, chunk_size: int = 2**16
+) -> Iterator[tuple[int, int, Tensor]]:
+    """A cheap feature set, in blocks of whole matrix rows: ``(start, stop, [stop - start, 9])``.
+
+    Features are stored feature-major (the transpose of a contiguous ``[9, n]`` block).
+
+    ``g``, ``p`` and the three momenta are divided by their root mean square over the tensor
+    (computed once, without temporaries); ``m_k / sqrt(v)`` and the Adafactor-normalised gradient
+    are scale-free already; like ``rsqrt(v + EPS)``, the Adafactor estimate gets ``EPS`` added, so
+    gradients that are zero up to rounding (e.g. an attention key bias) give features near 0
+    rather than ``sign(g)``. ``stats`` are the statistics after :func:`update_stats`. About a
+    quarter of the work of :func:`feature_chunks`.
+    """
+    n_rows, n_cols = matrix_shape(param.shape)
+    if n_rows * n_cols == 0:
+        return
+    dtype = stats.rms.dtype
+    g_all, p_all = grad.reshape(n_rows, n_cols).to(dtype), param.reshape(n_rows, n_cols).to(dtype)
+    m_all = stats.mom.reshape(3, n_rows, n_cols)
+    numel = n_rows * n_cols
+    rms = torch.stack([
+        torch.linalg.vector_norm(g_all), torch.linalg.vector_norm(p_all), *torch.linalg.vector_norm(m_all, dim=(1, 2))
+    ]).square().div(numel).add(_NORM_EPS).rsqrt()
+    row_mean = stats.row[0].mean()
+    rows_per_chunk = max(1, chunk_size // n_cols)
+    for r in range(0, n_rows, rows_per_chunk):
+        rows = slice(r, min(r + rows_per_chunk, n_rows))
+        g, p, m = g_all[rows], p_all[rows], m_all[:, rows]
+        rsqrt_v = torch.rsqrt(stats.rms.reshape(n_rows, n_cols)[rows] + EPS)
+        rsqrt_vhat = torch.rsqrt(stats.row[0, rows, None] * stats.col[0, None, :] / row_mean + EPS)
+        feats = torch.stack([g * rms[0], p * rms[1], m[0] * rms[2], m[1] * rms[3], m[2] * rms[4],
+                             m[0] * rsqrt_v, m[1] * rsqrt_v, m[2] * rsqrt_v, g * rsqrt_vhat])
+        yield rows.start * n_cols, rows.stop * n_cols, feats.reshape(len(COMPACT_FEATURE_NAMES), -1).T
+
+
+def direction_magnitude_update(
+    out: Tensor, adam: Tensor, step_mult: float, exp_mult: float, skip: float
+) -> Tensor:
+    """The learned step of Metz et al. with an Adam skip term, shared by every learned rule.
+
+    ``out [n, 2]`` holds the rule's direction ``d`` and magnitude ``m``; ``adam [n]`` is
+    :func:`adam_direction`. Returns ``step_mult * (d + skip * adam) * exp(exp_mult * m)`` ``[n]``.
+    With ``out = 0`` (a zero-initialised last layer) this is ``step_mult * skip * adam``: Adam.
+    """
+    return step_mult * (out[:, 0] + skip * adam) * torch.exp(exp_mult * out[:, 1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,12 +33,46 @@ from l2o.rule import UpdateRule
 
 __all__ = ["DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "ff"
-"""The rule used when ``rule=None``: the FF baseline with its documented Adam-like init."""
+DEFAULT_RULE = "neural-graph"
+"""The rule used when ``rule=None``: :class:`~l2o.graph_rule.NeuralGraphRule` (see its documented
+initialisation, equal to ``Adam(lr=1e-3)`` at ``lr=1`` until a meta-trained rule ships)."""
 
 
 def _is_per_param(value: Any, n: int) -> bool:
     return isinstance(value, list) and len(value) == n
+
+
+def _is_instance(obj: Any, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)`` without importing ``module``: an instance can only exist once
+    the module is loaded, and importing ``torch._dynamo`` or DTensor costs seconds."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(obj, getattr(loaded, name))
+
+
+def _unwrap(model: nn.Module | None) -> nn.Module | None:
+    """The user's module inside ``torch.compile`` (``_orig_mod``) and DDP / DataParallel (``module``)
+    wrappers, so that parameter names and the rule's context do not depend on the wrapping."""
+    while True:
+        if _is_instance(model, "torch._dynamo.eval_frame", "OptimizedModule"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _is_sharded(p: Tensor) -> bool:
+    """Whether ``p`` is an FSDP flat parameter or a view into one (FSDP1) or a DTensor (FSDP2, tensor parallel)."""
+    return getattr(p, "_fsdp_flattened", False) or _is_instance(p, "torch.distributed.tensor", "DTensor")
+
+
+def _built_by_zero(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer`` is being constructed by a ``ZeroRedundancyOptimizer`` (on one rank's shard)."""
+    zero = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    frame = sys._getframe(1) if zero is not None else None
+    while frame is not None and frame.f_locals.get("self") is optimizer:  # skip our own (and subclass) __init__
+        frame = frame.f_back
+    return frame is not None and isinstance(frame.f_locals.get("self"), zero.ZeroRedundancyOptimizer)
 
 
 def _same_structure(a: Any, b: Any) -> bool:
@@ -62,7 +97,8 @@ class NeuralGraphOpt(Optimizer):
             or a shipped/Hub rule name (see :func:`l2o.hub.load_rule`); ``None`` = :data:`DEFAULT_RULE`.
             The rule module is moved to the parameters' device.
         model: the module the parameters belong to, passed to ``rule.build_context`` and used to
-            name parameters in errors.
+            name parameters in errors and state dicts. ``torch.compile`` and DDP / DataParallel
+            wrappers are unwrapped (:attr:`model` is the inner module).
         maximize: ascend instead of descend (per group).
 
     ``rule.build_context`` is called once over *all* parameters (all groups, in order), and again
@@ -75,7 +111,9 @@ class NeuralGraphOpt(Optimizer):
         skipped_steps: number of steps skipped because of non-finite gradients.
 
     Raises (at construction, :meth:`add_param_group` or :meth:`step`, naming the parameter):
-        TypeError: non-floating-point or complex parameters; sparse, complex or integer gradients.
+        TypeError: non-floating-point or complex parameters; sparse, complex or integer gradients;
+            sharded parameters (FSDP, DTensor) or construction by ``ZeroRedundancyOptimizer``: the
+            rule needs every parameter whole and all of them on each rank (use DDP).
         ValueError: parameters on several devices, a parameter listed twice, negative lr or weight decay.
     """
 
@@ -89,8 +127,13 @@ class NeuralGraphOpt(Optimizer):
         model: nn.Module | None = None,
         maximize: bool = False,
     ) -> None:
+        if _built_by_zero(self):
+            raise TypeError(
+                "NeuralGraphOpt cannot run inside ZeroRedundancyOptimizer: each rank would see only its shard of "
+                "the parameters and the rule state would be dropped from consolidated state dicts; use DDP"
+            )
         self.rule = load_rule(DEFAULT_RULE if rule is None else rule)
-        self.model = model
+        self.model = _unwrap(model)
         self.skipped_steps = 0
         self._warned_nonfinite = False
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "maximize": maximize})
@@ -117,6 +160,11 @@ class NeuralGraphOpt(Optimizer):
         for p, name in zip(params, labels):
             if p.is_complex() or not p.is_floating_point():
                 raise TypeError(f"NeuralGraphOpt needs real floating-point parameters; {name} is {p.dtype}")
+            if _is_sharded(p):
+                raise TypeError(
+                    f"NeuralGraphOpt needs every parameter whole, but {name} is sharded (FSDP flat parameter or "
+                    "DTensor); use DDP, which keeps full replicas (see docs/integrations.md)"
+                )
             if id(p) in seen:
                 raise ValueError(f"{name} is listed twice (also as {seen[id(p)]})")
             seen[id(p)] = name

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from l2o import FFRule, NeuralGraphOpt, learned_step
+from l2o.hub import RULES
+from l2o.optim import DEFAULT_RULE
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -216,7 +218,7 @@ def test_add_param_group_rebuilds_context_and_keeps_state():
 
 def test_rule_argument_forms_maximize_closure_and_deepcopy():
     model = _model()
-    assert isinstance(NeuralGraphOpt(model.parameters()).rule, FFRule)
+    assert isinstance(NeuralGraphOpt(model.parameters()).rule, RULES[DEFAULT_RULE])
     assert isinstance(NeuralGraphOpt(model.parameters(), rule="ff").rule, FFRule)
     with pytest.raises(TypeError, match="rule must be"):
         NeuralGraphOpt(model.parameters(), rule=3)

@@ -1,0 +1,269 @@
+"""The neural-graph update rule: optimizer statistics on the network's neural graph, a neuron-level
+GNN for context, and a small per-element head.
+
+Per step, with ``P`` parameter elements and ``N`` neurons:
+
+1. statistics (:func:`l2o.features.update_stats`) and 9 cheap features per element
+   (:func:`l2o.features.compact_features`), computed in row blocks;
+2. every neuron pools the features of the weights that enter it, of the weights that leave it and
+   of its own parameters (biases, norm shifts): three means, ``O(P * 9)`` scatter-adds;
+3. a neuron-level GNN (:class:`~encoders.layers.neuron_pna.NeuronPNALayer`, exact PNA aggregates
+   over the graph in ``O(N)``) turns them, with role/activation/depth embeddings and the time
+   features, into a context vector per neuron;
+4. each element gets ``ctx = U[source] + V[target] + kind embedding`` (for a bias, source = target =
+   its neuron) and a per-element head ``9 -> head_hidden -> 2`` outputs direction ``d`` and
+   magnitude ``m``: ``update = step_mult * (d + skip * adam) * exp(exp_mult * m)``.
+
+The GNN's cost does not grow with the number of weights, and the per-element work is two gathers
+and two small matmuls, so the step costs ``O(P)`` with a small constant. Permuting hidden neurons
+permutes the graph's nodes, so the update is permutation-equivariant (tested).
+
+**Initialisation** (documented behaviour until a meta-trained rule ships): the head's last layer
+is zero, so ``update = step_mult * skip * adam``: with the defaults, ``Adam(lr=1e-3)`` at ``lr=1``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from encoders import ACTIVATIONS, NeuralGraph, Role
+from encoders.aggregation import NeighbourAggregation
+from encoders.layers.neuron_pna import NeuronPNALayer
+from l2o import features as F
+from l2o.hub import register_rule
+from l2o.rule import UpdateRule
+
+__all__ = ["GraphContext", "NeuralGraphRule", "build_graph"]
+
+_NODE_KINDS = 3  # node-feature channels an element can sit on (bias / Q,K,V biases)
+_EDGE_CHANNELS = 3
+_NUM_KINDS = _NODE_KINDS + 5 * _EDGE_CHANNELS  # 5 edge kinds x 3 channels
+
+
+def build_graph(params: Sequence[Tensor], model: nn.Module | None) -> tuple[NeuralGraph, list[int]]:
+    """The neural graph for an optimizer's ``params`` and where each param sits in it.
+
+    With ``model``, its traced graph (exact). ``params`` are matched to the model's parameters by
+    identity, or else by order when their shapes are those of ``model.parameters()`` (functional
+    use with detached copies). If tracing fails or ``params`` do not match, a warning explains why
+    and the graph is chained from shapes.
+    Returns ``(graph, position)``: ``params[i]`` is the graph's parameter ``position[i]``.
+    """
+    if model is not None:
+        model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+        named = list(model.named_parameters())
+        names = {id(p): n for n, p in named}
+        if [tuple(p.shape) for p in params] == [tuple(q.shape) for _, q in named]:
+            names = {id(p): n for p, (n, _) in zip(params, named)}
+        missing = [i for i, p in enumerate(params) if id(p) not in names]
+        if missing:
+            warnings.warn(f"{len(missing)} optimized parameters are not parameters of the model given (first: index "
+                          f"{missing[0]}); the graph is chained from parameter shapes instead", stacklevel=3)
+        else:
+            try:
+                graph = NeuralGraph.from_module(model)
+            except (ValueError, TypeError) as err:
+                warnings.warn(f"could not trace the model ({err}); the graph is chained from parameter shapes",
+                              stacklevel=3)
+            else:
+                index = {n: k for k, n in enumerate(graph.param_names)}
+                return graph, [index[names[id(p)]] for p in params]
+    return NeuralGraph.from_parameters(list(params)), list(range(len(params)))
+
+
+@dataclass
+class GraphContext:
+    """What :class:`NeuralGraphRule` precomputes for one list of parameters (once per architecture).
+
+    ``source``/``target`` per parameter: ``[numel_i]`` neuron ids (int64) of the elements of
+    ``params[i]`` in flat order (for a bias, both are its neuron); ``kind[i]``: the element kind id,
+    an ``int`` when the whole tensor has one kind, else ``[numel_i]``; ``on_edge[i]``: whether the
+    tensor's elements are weights (edges) or neuron parameters (nodes); ``counts [N, 3]``: number of
+    elements pooled into each neuron (in-weights, out-weights, own). ``aggregation`` does the GNN's
+    neighbour reductions. Memory: 16 B per parameter element plus ``O(N)``.
+    """
+
+    graph: NeuralGraph
+    aggregation: NeighbourAggregation
+    source: list[Tensor]
+    target: list[Tensor]
+    kind: list[Tensor | int]
+    on_edge: list[bool]
+    counts: Tensor
+    node_role: Tensor
+    node_activation: Tensor
+    node_depth: Tensor
+
+
+def _element_maps(graph: NeuralGraph) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat ``[P]`` source node, target node and kind of every element of the graph's parameters."""
+    source = torch.empty(graph.num_params, dtype=torch.long)
+    target = torch.empty(graph.num_params, dtype=torch.long)
+    kind = torch.empty(graph.num_params, dtype=torch.long)
+    width = graph.edge_channels * graph.slots
+    edge, column = graph.edge_elem_slot // width, graph.edge_elem_slot % width
+    source[graph.edge_elem_pos], target[graph.edge_elem_pos] = graph.edge_index[0, edge], graph.edge_index[1, edge]
+    channel = (column // graph.slots).clamp(max=_EDGE_CHANNELS - 1)
+    kind[graph.edge_elem_pos] = _NODE_KINDS + graph.edge_kind[edge] * _EDGE_CHANNELS + channel
+    node = graph.node_elem_slot // graph.node_channels
+    source[graph.node_elem_pos] = target[graph.node_elem_pos] = node
+    kind[graph.node_elem_pos] = (graph.node_elem_slot % graph.node_channels).clamp(max=_NODE_KINDS - 1)
+    return source, target, kind
+
+
+@register_rule("neural-graph")
+class NeuralGraphRule(UpdateRule):
+    """Learned update rule reading the network as a neural graph (see the module docstring).
+
+    Args:
+        hidden: width of the neuron states (32); layers: GNN layers (2);
+        head_hidden: width of the per-element head (16);
+        step_mult, exp_mult, skip: the output form ``step_mult * (d + skip * adam) * exp(exp_mult * m)``;
+        momentum_decays, rms_decay, factored_decays: EMA decays of the statistics;
+        max_depth: depths beyond it share the last depth embedding;
+        chunk_size: elements per block (memory knob, not part of the config).
+
+    State: :func:`l2o.features.init_stats` (16 B/element). Context: :class:`GraphContext`.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 32,
+        layers: int = 2,
+        head_hidden: int = 16,
+        step_mult: float = 1e-3,
+        exp_mult: float = 1e-3,
+        skip: float = 1.0,
+        momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
+        rms_decay: float = 0.999,
+        factored_decays: Sequence[float] = (0.9, 0.99, 0.999),
+        max_depth: int = 32,
+        chunk_size: int = 2**16,
+    ) -> None:
+        super().__init__()
+        if hidden < 1 or layers < 0 or head_hidden < 1:
+            raise ValueError(f"hidden, head_hidden must be >= 1 and layers >= 0, got {hidden}, {head_hidden}, {layers}")
+        self._config = {
+            "hidden": hidden, "layers": layers, "head_hidden": head_hidden, "step_mult": step_mult,
+            "exp_mult": exp_mult, "skip": skip, "momentum_decays": list(momentum_decays), "rms_decay": rms_decay,
+            "factored_decays": list(factored_decays), "max_depth": max_depth,
+        }
+        self.decays = F.Decays(tuple(momentum_decays), rms_decay, tuple(factored_decays))
+        self.step_mult, self.exp_mult, self.skip = step_mult, exp_mult, skip
+        self.max_depth, self.chunk_size = max_depth, chunk_size
+        n_feat = len(F.COMPACT_FEATURE_NAMES)
+        self.node_in = nn.Linear(3 * n_feat + F.NUM_TIME_FEATURES, hidden)
+        self.role = nn.Embedding(len(Role), hidden)
+        self.activation = nn.Embedding(len(ACTIVATIONS), hidden)
+        self.depth = nn.Embedding(max_depth + 1, hidden)
+        self.gnn = nn.ModuleList(NeuronPNALayer(hidden) for _ in range(layers))
+        self.to_source = nn.Linear(hidden, head_hidden)
+        self.to_target = nn.Linear(hidden, head_hidden, bias=False)
+        self.kind = nn.Embedding(_NUM_KINDS, head_hidden)
+        self.head_in = nn.Linear(n_feat, head_hidden, bias=False)
+        self.head_time = nn.Linear(F.NUM_TIME_FEATURES, head_hidden, bias=False)
+        self.head_out = nn.Linear(head_hidden, 2)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    # ------------------------------------------------------------------ per architecture
+    def build_context(self, params: Sequence[Tensor], model: nn.Module | None = None) -> GraphContext:
+        """Trace (or chain) the graph once and precompute every element's neurons and kind."""
+        graph, position = build_graph(params, model)
+        device = params[0].device
+        source, target, kind = _element_maps(graph)
+        offsets = [0]
+        for shape in graph.param_shapes:
+            offsets.append(offsets[-1] + int(torch.Size(shape).numel()))
+        spans = [slice(offsets[k], offsets[k + 1]) for k in position]
+        on_edge = [bool(kind[s][0] >= _NODE_KINDS) for s in spans]  # a tensor is all weights or all node values
+        counts = torch.zeros(graph.num_nodes, 3)
+        for span, edge in zip(spans, on_edge):
+            ones = torch.ones(span.stop - span.start)
+            if edge:
+                counts[:, 0].index_add_(0, target[span], ones)
+                counts[:, 1].index_add_(0, source[span], ones)
+            else:
+                counts[:, 2].index_add_(0, source[span], ones)
+        kinds = [kind[s] if len(kind[s].unique()) > 1 else int(kind[s][0]) for s in spans]
+        depth = graph.node_depth.clamp(max=self.max_depth)
+        return GraphContext(
+            graph=graph,
+            aggregation=NeighbourAggregation(graph).to(device),
+            source=[source[s].to(device) for s in spans],
+            target=[target[s].to(device) for s in spans],
+            kind=[k if isinstance(k, int) else k.to(device) for k in kinds],
+            on_edge=on_edge,
+            counts=counts.clamp(min=1).to(device),
+            node_role=graph.node_role.to(device),
+            node_activation=graph.node_activation.to(device),
+            node_depth=depth.to(device),
+        )
+
+    def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
+        """Zero statistics, see :func:`l2o.features.init_stats`."""
+        return F.init_stats(params)
+
+    # ------------------------------------------------------------------ per step
+    def forward(
+        self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: GraphContext | None = None
+    ) -> tuple[list[Tensor], dict[str, Any]]:
+        """``(params, grads, state, context) -> (updates, new_state)``; ``updates[i]`` is shaped like
+        ``params[i]`` (float32; float64 for float64 parameters)."""
+        if context is None:
+            context = self.build_context(params)
+        if len(context.source) != len(params):
+            raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
+        new_state = F.update_stats(params, grads, state, self.decays)
+        step = new_state["step"]
+        dtype = self.node_in.weight.dtype
+        time = F.time_features(step, self.node_in.weight)
+        n_feat = len(F.COMPACT_FEATURE_NAMES)
+
+        # neurons pool the features of their in-weights, out-weights and own parameters
+        pooled_in, pooled_out, pooled_own = (self.node_in.weight.new_zeros(context.graph.num_nodes, n_feat)
+                                             for _ in range(3))
+        for i, (p, g) in enumerate(zip(params, grads)):
+            stats = F.tensor_stats(new_state, i)
+            for start, stop, feats in F.compact_features(p, g, stats, self.chunk_size):
+                feats = feats.to(dtype)
+                if context.on_edge[i]:
+                    pooled_in = pooled_in.index_add(0, context.target[i][start:stop], feats)
+                    pooled_out = pooled_out.index_add(0, context.source[i][start:stop], feats)
+                else:
+                    pooled_own = pooled_own.index_add(0, context.source[i][start:stop], feats)
+        pooled = torch.cat([pooled_in, pooled_out, pooled_own], dim=1) / context.counts.repeat_interleave(n_feat, 1)
+        x = self.node_in(torch.cat([pooled, time.expand(pooled.shape[0], -1)], dim=1))
+        x = x + self.role(context.node_role) + self.activation(context.node_activation) + self.depth(context.node_depth)
+        for layer in self.gnn:
+            x = layer(x, context.aggregation)
+        at_source, at_target = self.to_source(x), self.to_target(x)
+        time_bias = self.head_time(time)
+
+        updates = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            stats = F.tensor_stats(new_state, i)
+            mom, rms = stats.mom[0].reshape(-1), stats.rms.reshape(-1)
+            kind = context.kind[i]
+            uniform_bias = time_bias + self.kind.weight[kind] if isinstance(kind, int) else time_bias
+            pieces = []
+            for start, stop, feats in F.compact_features(p, g, stats, self.chunk_size):
+                hidden = torch.addmm(uniform_bias, feats.to(dtype), self.head_in.weight.T)
+                hidden = hidden + at_source[context.source[i][start:stop]] + at_target[context.target[i][start:stop]]
+                if not isinstance(kind, int):
+                    hidden = hidden + self.kind(kind[start:stop])
+                out = self.head_out(torch.nn.functional.silu(hidden))
+                adam = F.adam_direction(mom[start:stop], rms[start:stop], step, self.decays)
+                pieces.append(F.direction_magnitude_update(out, adam, self.step_mult, self.exp_mult, self.skip))
+            update = torch.cat(pieces) if pieces else p.new_zeros(0, dtype=stats.rms.dtype)
+            updates.append(update.reshape(p.shape))
+        return updates, new_state

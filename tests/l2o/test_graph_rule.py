@@ -1,0 +1,133 @@
+"""NeuralGraphRule: permutation equivariance, documented init, chunking, meta-gradients, fallbacks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from encoders import NeuralGraph
+from encoders.symmetry import permute_flat, random_hidden_permutation
+from l2o import NeuralGraphOpt, NeuralGraphRule, learned_step
+from tests.encoders.networks import build
+
+
+def random_rule(seed: int = 0, **kw) -> NeuralGraphRule:
+    """A rule with every meta-parameter random (the zero-initialised head would hide the graph)."""
+    torch.manual_seed(seed)
+    rule = NeuralGraphRule(**kw).double()
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.normal_(0, 0.5)
+    return rule
+
+
+def train(model: nn.Module, example: torch.Tensor, rule: NeuralGraphRule, steps: int = 3) -> torch.Tensor:
+    opt = NeuralGraphOpt(model.parameters(), rule=rule, model=model, lr=1.0)
+    for _ in range(steps):
+        opt.zero_grad()
+        out = model(example)
+        (out.double() ** 2).mean().backward()
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("name", ["mlp", "siren", "cnn_mixed_kernels", "resnet", "transformer"])
+def test_step_on_permuted_network_is_the_permuted_step(name):
+    model, example = build(name)
+    model = model.double()
+    example = example if not example.is_floating_point() else example.double()
+    graph = NeuralGraph.from_module(model)
+    sigma = random_hidden_permutation(graph, torch.Generator().manual_seed(1))
+    permuted = copy.deepcopy(model)
+    start = permute_flat(graph, graph.to_flat(), sigma)
+    permuted.load_state_dict(graph.unflatten(start), strict=False)
+    rule = random_rule()
+    after = train(model, example, rule)
+    after_permuted = train(permuted, example, rule)
+    assert (after - graph.to_flat()).abs().max() > 1e-3, "the steps should move the parameters"
+    torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
+
+
+def test_update_uses_graph_context():
+    """Changing the gradient of the last layer changes the update of the first layer (unlike FF)."""
+    model, _ = build("mlp")
+    params = [p.detach().double() for p in model.parameters()]
+    rule = random_rule()
+    ctx = rule.build_context(params, model)
+    grads = [torch.randn_like(p) for p in params]
+    other = [g.clone() for g in grads]
+    other[-2] = torch.randn_like(other[-2])  # not a rescaling: features are normalised per tensor
+    first, _ = rule(params, grads, rule.init_state(params), ctx)
+    second, _ = rule(params, other, rule.init_state(params), ctx)
+    assert (first[0] - second[0]).abs().max() > 1e-8
+
+
+def test_initial_rule_is_adam():
+    model, example = build("resnet")
+    twin = copy.deepcopy(model)
+    opt, adam = NeuralGraphOpt(model.parameters(), model=model), torch.optim.Adam(twin.parameters(), lr=1e-3)
+    for _ in range(5):
+        for m, o in ((model, opt), (twin, adam)):
+            o.zero_grad()
+            m(example).pow(2).mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_chunking_does_not_change_the_update():
+    model, _ = build("cnn_mixed_kernels")
+    params = [p.detach().double() for p in model.parameters()]
+    grads = [torch.randn_like(p) for p in params]
+    whole, chunked = random_rule(chunk_size=2**16), random_rule(chunk_size=7)
+    a, _ = whole(params, grads, whole.init_state(params), whole.build_context(params, model))
+    b, _ = chunked(params, grads, chunked.init_state(params), chunked.build_context(params, model))
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+def test_meta_gradients_reach_every_meta_parameter():
+    model, example = build("mlp")
+    rule = NeuralGraphRule()
+    params = [p.detach() for p in model.parameters()]
+    grads = [torch.randn_like(p) for p in params]
+    meta = {k: v.detach().normal_(0, 0.1).requires_grad_(True) for k, v in rule.named_parameters()}
+    new, _ = learned_step(rule, params, grads, rule.init_state(params), rule.build_context(params, model),
+                          meta_params=meta)
+    loss = torch.func.functional_call(model, dict(zip([n for n, _ in model.named_parameters()], new)), (example,))
+    loss.pow(2).mean().backward()
+    missing = [k for k, v in meta.items() if v.grad is None or not v.grad.abs().sum() > 0]
+    assert not missing, f"no meta-gradient for {missing}"
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0])
+
+
+def test_untraceable_model_falls_back_to_shape_chaining_with_a_warning():
+    model = Untraceable()
+    with pytest.warns(UserWarning, match="could not trace the model"):
+        opt = NeuralGraphOpt(model.parameters(), model=model)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    subset = nn.Linear(3, 3)
+    with pytest.warns(UserWarning, match="not parameters of the model"):
+        NeuralGraphOpt(subset.parameters(), model=build("mlp")[0])
+
+
+def test_context_for_other_parameters_is_refused():
+    model, _ = build("mlp")
+    params = [p.detach() for p in model.parameters()]
+    rule = NeuralGraphRule()
+    ctx = rule.build_context(params[:2])
+    with pytest.raises(ValueError, match="built for 2 parameters"):
+        rule(params, [torch.zeros_like(p) for p in params], rule.init_state(params), ctx)
