@@ -1,0 +1,78 @@
+"""What every benchmark shares: machine description, timing statistics, and writing results.
+
+Each benchmark writes ``<out>/<name>.json`` (machine, versions, command, seeds, measurements),
+``<out>/<name>.md`` (the table people read) and its PNG plots into one results folder.
+``docs/results.md`` is generated from these files (:mod:`benchmarks.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["command_line", "machine_info", "median_time", "write_results"]
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a measurement was taken: CPU, core count, torch version and threads, GPU if any."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def command_line() -> str:
+    """The command that is running, to print next to its results."""
+    module = sys.modules["__main__"].__spec__
+    head = f"python -m {module.name}" if module is not None else f"python {sys.argv[0]}"
+    return " ".join([head, *map(shlex.quote, sys.argv[1:])])
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def write_results(out: Path, name: str, record: dict[str, Any], markdown: str) -> None:
+    """Write ``name.json`` (``record`` plus machine and command) and ``name.md``; print the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": name, "command": command_line(), "machine": machine_info(), **record}
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
+    header = f"## {name}\n\nCommand: `{record['command']}`  \nMachine: {record['machine']['cpu']}, " \
+             f"{record['machine']['cores']} cores, torch {record['machine']['torch']}, {record['machine']['date']}\n\n"
+    (out / f"{name}.md").write_text(header + markdown + "\n")
+    print(header + markdown)
+    print(f"results: {out / (name + '.json')}, {out / (name + '.md')}")

@@ -1,0 +1,203 @@
+"""Optimizer step time and memory: Adam, AdamW, the FF learned optimizer and NeuralGraphOpt.
+
+For four reference models (MLP 784-256-256-10, CNN 1->32->64->64 3x3 + GAP + linear, a 2-layer
+transformer encoder d_model 128 on sequences of 64, MLP 784-2048-2048-10) it measures, each
+optimizer in a fresh process: forward+backward time of a batch, ``step()`` time (median), optimizer
+state bytes per parameter and the peak extra memory of the first step (RSS high-water mark) per
+parameter; then step time against parameter count (MLPs from 0.1M to 38M parameters, log-log
+plot). Ratios against Adam come from the same run. Timings are printed, never asserted.
+
+    python -m benchmarks.step_overhead            # full (about 10 minutes on 2 cores)
+    python -m benchmarks.step_overhead --quick    # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from benchmarks.common import median_time, write_results
+
+BATCH = 128
+
+
+def mlp(width: int) -> tuple[nn.Module, torch.Tensor]:
+    model = nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+    return model, torch.randn(BATCH, 784)
+
+
+def cnn() -> tuple[nn.Module, torch.Tensor]:
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )
+    return model, torch.randn(BATCH, 1, 28, 28)
+
+
+def transformer() -> tuple[nn.Module, torch.Tensor]:
+    layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(128, 10))
+    return model, torch.randn(BATCH // 4, 64, 128)
+
+
+MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
+    "MLP 784-256-256-10": lambda: mlp(256),
+    "CNN 32-64-64": cnn,
+    "Transformer 2x128": transformer,
+    "MLP 784-2048-2048-10": lambda: mlp(2048),
+}
+
+
+def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
+    from l2o import FFRule, NeuralGraphOpt
+
+    if name == "Adam":
+        return torch.optim.Adam(model.parameters(), lr=1e-3)
+    if name == "AdamW":
+        return torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if name == "FF":
+        return NeuralGraphOpt(model.parameters(), rule=FFRule())
+    if name == "NeuralGraphOpt":
+        return NeuralGraphOpt(model.parameters(), model=model)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+OPTIMIZERS = ("Adam", "AdamW", "FF", "NeuralGraphOpt")
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _tensor_bytes(tree: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
+
+
+def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: str, repeats: int) -> dict[str, float]:
+    """One (model, optimizer) pair, in the calling process. Returns per-parameter figures."""
+    torch.manual_seed(0)
+    model, batch = model_fn()
+    n = sum(p.numel() for p in model.parameters())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-2
+    opt = make_optimizer(optimizer, model)
+    before = _max_rss_bytes()
+    opt.step()  # allocates the state; the RSS high-water mark also catches the step's temporaries
+    peak = _max_rss_bytes() - before
+    state = _tensor_bytes(opt.state_dict()["state"])
+    step = median_time(opt.step, repeats, warmup=1)
+
+    def forward_backward() -> None:
+        model.zero_grad()
+        out = model(batch)
+        out.float().pow(2).mean().backward()
+
+    fwd_bwd = median_time(forward_backward, repeats, warmup=1)
+    return {
+        "params": n, "step_s": step, "forward_backward_s": fwd_bwd, "state_bytes_per_param": state / n,
+        "first_step_peak_bytes_per_param": peak / n, "step_us_per_param": step / n * 1e6,
+    }
+
+
+def _worker(model_key: tuple[str, int], optimizer: str, repeats: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    kind, width = model_key
+    model_fn = MODELS[kind] if kind in MODELS else (lambda: mlp(width))
+    queue.put(measure(model_fn, optimizer, repeats))
+
+
+def isolated(model_key: tuple[str, int], optimizer: str, repeats: int) -> dict[str, float]:
+    """Run :func:`measure` in a fresh process, so memory high-water marks are its own."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(model_key, optimizer, repeats, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | params | optimizer | fwd+bwd ms | step ms | step / Adam | step / FF | step us/param | "
+        "state B/param | 1st-step peak B/param |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['optimizer']} | {r['forward_backward_s'] * 1e3:.1f} | "
+            f"{r['step_s'] * 1e3:.1f} | {r['vs_adam']:.1f}x | {r['vs_ff']:.2f}x | {r['step_us_per_param']:.3f} | "
+            f"{r['state_bytes_per_param']:.1f} | {r['first_step_peak_bytes_per_param']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def scaling_plot(points: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for opt in sorted({p["optimizer"] for p in points}):
+        series = sorted((p["params"], p["step_s"]) for p in points if p["optimizer"] == opt)
+        ax.plot(*zip(*series), marker="o", label=opt)
+    ax.set(xscale="log", yscale="log", xlabel="parameters (MLP 784-w-w-10)", ylabel="step time (s)",
+           title="Optimizer step time vs model size")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small models and few repeats (about a minute)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("results/step_overhead"))
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 5)
+    models = list(MODELS)[:2] if args.quick else list(MODELS)
+    widths = (64, 256) if args.quick else (96, 256, 512, 1024, 2048, 4096, 5792)
+
+    from tqdm.auto import tqdm
+
+    rows = []
+    for model in tqdm(models, desc="reference models"):
+        results = {opt: isolated((model, 0), opt, repeats) for opt in OPTIMIZERS}
+        for opt, r in results.items():
+            rows.append({"model": model, "optimizer": opt, **r, "vs_adam": r["step_s"] / results["Adam"]["step_s"],
+                         "vs_ff": r["step_s"] / results["FF"]["step_s"]})
+    points = []
+    for width in tqdm(widths, desc="scaling"):
+        for opt in ("Adam", "FF", "NeuralGraphOpt"):
+            points.append({"width": width, "optimizer": opt, **isolated(("mlp", width), opt, repeats)})
+    args.out.mkdir(parents=True, exist_ok=True)
+    scaling_plot(points, args.out / "step_scaling.png")
+    scale_lines = ["| params | " + " | ".join(f"{o} step ms" for o in ("Adam", "FF", "NeuralGraphOpt")) + " |",
+                   "|---:|---:|---:|---:|"]
+    for width in widths:
+        by = {p["optimizer"]: p for p in points if p["width"] == width}
+        scale_lines.append(f"| {by['Adam']['params'] / 1e6:.2f}M | " +
+                           " | ".join(f"{by[o]['step_s'] * 1e3:.1f}" for o in ("Adam", "FF", "NeuralGraphOpt")) + " |")
+    markdown = (table(rows) + "\n\nStep time against model size (plot: `step_scaling.png`):\n\n"
+                + "\n".join(scale_lines)
+                + "\n\nRatios are against Adam and the FF rule measured in the same run. 'state' counts the "
+                "tensors in the optimizer's state_dict; '1st-step peak' is the growth of the process's RSS "
+                "high-water mark during the first step (state allocation + temporaries).")
+    record = {"quick": args.quick, "repeats": repeats, "batch": BATCH, "rows": rows, "scaling": points}
+    write_results(args.out, "step_overhead", record, markdown)
+    return record
+
+
+if __name__ == "__main__":
+    main()
