@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="results/demo", help="folder for demo.png and demo.json")
     demo.set_defaults(handler=_demo)
+    from l2o.meta.cli import add_parser as add_meta_train
+
+    add_meta_train(sub)
     return parser
 
 

@@ -32,7 +32,7 @@ features, each divided by its root mean square over the tensor, then 11 time fea
  5    v                           second moment
  6-8  m_k/sqrt(v)                 ``m_k * rsqrt(v + EPS)``
  9    rsqrt(v)                    ``rsqrt(v + EPS)``
-10-12 g/sqrt(v̂_k)                 Adafactor-normalised gradient
+10-12 g/sqrt(v̂_k + EPS)           Adafactor-normalised gradient
 13-15 row_k                       row accumulators, broadcast over the row
 16-18 col_k                       column accumulators, broadcast over the column
 19-21 rsqrt(row_k)                ``rsqrt(row_k + EPS)``
@@ -236,7 +236,7 @@ def _raw_features(param: Tensor, grad: Tensor, stats: TensorStats, row_mean: Ten
     r = stats.row[:, rows, None]  # [3, n, 1]
     c = stats.col[:, None, :]  # [3, 1, C]
     rsqrt_v = torch.rsqrt(v + EPS)
-    rsqrt_vhat = torch.rsqrt(r / row_mean) * torch.rsqrt(c)  # [3, n, C]; factors keep it finite
+    rsqrt_vhat = torch.rsqrt(r * c / row_mean + EPS)  # [3, n, C]; + EPS keeps it and its derivative finite
     full = m.shape
     parts = [
         g[None],
@@ -330,7 +330,9 @@ def adam_direction(
     rate1, rate2 = _rates(decays.momentum, mom)[0], _rates(decays.rms, mom)[0]
     correction1 = -torch.expm1(t * torch.log1p(-rate1))  # 1 - beta1**t, accurate for beta near 1
     correction2 = -torch.expm1(t * torch.log1p(-rate2))
-    return (mom / correction1) / (torch.sqrt(rms) / torch.sqrt(correction2) + eps)
+    # clamp: sqrt has an infinite derivative at 0 (elements whose gradient is always 0), which would
+    # turn meta-gradients into NaN; 1e-30 is far below eps, so the value is Adam's
+    return (mom / correction1) / (torch.sqrt(rms.clamp(min=1e-30)) / torch.sqrt(correction2) + eps)
 
 
 COMPACT_FEATURE_NAMES: tuple[str, ...] = (

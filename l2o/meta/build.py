@@ -1,0 +1,55 @@
+"""Config -> objects: the rule, the task family, the truncated step and the estimator."""
+
+from __future__ import annotations
+
+from l2o.meta.config import MetaTrainConfig, RuleConfig, resolve_rule_class
+from l2o.meta.estimators import ESTIMATORS, Estimator, TruncatedBPTT
+from l2o.meta.seeding import derive_seed
+from l2o.meta.tasks import FAMILIES, MixtureFamily, ReparamFamily, TaskFamily
+from l2o.meta.truncated_step import TruncatedStep
+from l2o.meta.truncation import ConstantSchedule, LogUniformSchedule, TruncationSchedule
+from l2o.rule import UpdateRule
+
+__all__ = ["build_estimator", "build_family", "build_rule", "build_schedule"]
+
+
+def build_rule(config: RuleConfig) -> UpdateRule:
+    """Instantiate the configured update rule."""
+    return resolve_rule_class(config.name)(**config.options)
+
+
+def build_family(config: MetaTrainConfig) -> TaskFamily:
+    """The mixture of the configured task families, reparameterized if ``reparam_scale`` is set."""
+    families = [FAMILIES[t.family](**t.options) for t in config.tasks]
+    family: TaskFamily = MixtureFamily(families, [t.weight for t in config.tasks])
+    if config.reparam_scale is not None:
+        family = ReparamFamily(family, config.reparam_scale)
+    return family
+
+
+def build_schedule(config: MetaTrainConfig) -> TruncationSchedule:
+    """The configured truncation schedule."""
+    t = config.truncation
+    if t.schedule == "constant":
+        return ConstantSchedule(t.length)
+    return LogUniformSchedule(t.min_length, t.max_length)
+
+
+def build_estimator(config: MetaTrainConfig, rule: UpdateRule) -> Estimator:
+    """The configured estimator over a truncated step of ``rule``."""
+    truncated_step = TruncatedStep(
+        rule,
+        build_family(config),
+        build_schedule(config),
+        unroll_length=config.truncation.unroll_length,
+        meta_loss=config.inner.meta_loss,
+        lr=config.inner.lr,
+        weight_decay=config.inner.weight_decay,
+        initial_offset=config.truncation.initial_offset,
+        seed=derive_seed(config.seed, "inner"),
+    )
+    cls = ESTIMATORS[config.estimator.name]
+    seed = derive_seed(config.seed, "estimator")
+    if cls is TruncatedBPTT:
+        return cls(truncated_step, seed)
+    return cls(truncated_step, seed, sigma=config.estimator.sigma)

@@ -1,0 +1,33 @@
+"""The ``l2o meta-train`` subcommand: ``add_parser(subparsers)`` registers it on the ``l2o`` CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``meta-train --config FILE.yaml [--run-dir DIR] [--no-resume]`` to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "meta-train",
+        help="meta-train an update rule from a YAML config (resumes from the run folder)",
+        description="Meta-train an update rule. Launch with `accelerate launch` or `torchrun` to split the "
+        "task slots over several processes.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="YAML config (see l2o.meta.config)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<config file name>)")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``l2o meta-train``."""
+    from l2o.meta.run import meta_train
+
+    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / args.config.stem
+    meta_train(args.config, run_dir, resume=not args.no_resume)
+    print(f"meta-trained rule written to {run_dir / 'rule'}")
+    return 0

@@ -1,0 +1,219 @@
+"""The truncated step: inner-training state and its unroll over one truncation.
+
+:class:`TruncatedStep` owns everything about inner training — which task a slot trains, its episode
+length and random initial offset, and running ``K`` functional inner steps with
+:func:`l2o.functional.learned_step` under given meta-parameters. Estimators only decide which
+meta-parameters to unroll with and how to turn the resulting meta-losses into gradients.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._pytree import tree_map
+
+from l2o.functional import learned_step
+from l2o.meta.seeding import derive_seed
+from l2o.meta.tasks.base import Batch, Task, TaskFamily
+from l2o.meta.truncation import TruncationSchedule
+from l2o.rule import UpdateRule
+
+__all__ = ["META_LOSSES", "InnerState", "TruncatedStep", "UnrollOutput"]
+
+META_LOSSES = ("train_mean", "heldout_last")
+
+
+@dataclass
+class InnerState:
+    """One inner training run in progress.
+
+    Attributes:
+        slot: global index of the task slot (stable across processes).
+        episode: how many inner runs this slot finished before this one.
+        step: inner iteration of the next step.
+        length: the episode ends when ``step == length``.
+        params: inner parameters, in the task's parameter order.
+        opt_state: the rule's optimizer state.
+    """
+
+    slot: int
+    episode: int
+    step: int
+    length: int
+    params: list[Tensor]
+    opt_state: dict[str, Any]
+
+    def detached(self) -> InnerState:
+        """The same state cut from any autograd graph."""
+        return replace(self, params=[p.detach() for p in self.params], opt_state=tree_map(_detach, self.opt_state))
+
+
+def _detach(x: Any) -> Any:
+    return x.detach() if isinstance(x, Tensor) else x
+
+
+@dataclass
+class UnrollOutput:
+    """What one truncation produced.
+
+    Attributes:
+        slot: the slot that was unrolled.
+        meta_loss: scalar; differentiable w.r.t. the meta-parameters when the unroll was.
+        train_losses: ``[k]`` inner training loss before each of the ``k`` steps (detached).
+        start: inner iteration of the first step.
+        task: the task's name.
+        done: whether the episode ended with this truncation.
+    """
+
+    slot: int
+    meta_loss: Tensor
+    train_losses: Tensor
+    start: int
+    task: str
+    done: bool
+
+
+def _loss_and_grads(
+    task: Task, names: list[str], params: list[Tensor], batch: Batch, create_graph: bool
+) -> tuple[Tensor, list[Tensor]]:
+    """Inner loss and its gradients w.r.t. ``params`` (kept on the graph when ``create_graph``)."""
+    with torch.enable_grad():
+        params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
+        loss = task.loss(dict(zip(names, params)), batch)
+        grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+    return loss, list(grads)
+
+
+@dataclass
+class _TaskEntry:
+    task: Task
+    names: list[str]
+    context: Any
+
+
+class TruncatedStep:
+    """Inner training of task slots, one truncation at a time.
+
+    Args:
+        rule: the update rule being meta-trained.
+        family: where each episode's task comes from.
+        schedule: episode lengths.
+        unroll_length: inner steps per truncation ``K`` (the last truncation of an episode may be
+            shorter, so truncations never straddle two tasks).
+        meta_loss: ``"train_mean"`` — mean over the truncation's steps of the loss of the updated
+            parameters on that step's batch (``K = 1`` is the greedy scheme); ``"heldout_last"`` —
+            loss of the parameters after the truncation on a held-out batch.
+        lr, weight_decay: passed to :func:`~l2o.functional.learned_step`.
+        initial_offset: the first episode of each slot starts at a random inner iteration in
+            ``[0, min(initial_offset, length - 1)]`` so that slots finish at different times.
+        seed: keys every task, length and offset draw.
+    """
+
+    def __init__(
+        self,
+        rule: UpdateRule,
+        family: TaskFamily,
+        schedule: TruncationSchedule,
+        *,
+        unroll_length: int,
+        meta_loss: str = "train_mean",
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
+        initial_offset: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if meta_loss not in META_LOSSES:
+            raise ValueError(f"unknown meta_loss {meta_loss!r}; choose one of {list(META_LOSSES)}")
+        if unroll_length < 1:
+            raise ValueError(f"unroll_length must be >= 1, got {unroll_length}")
+        self.rule, self.family, self.schedule = rule, family, schedule
+        self.unroll_length, self.meta_loss = unroll_length, meta_loss
+        self.lr, self.weight_decay = lr, weight_decay
+        self.initial_offset, self.seed = initial_offset, seed
+        self._tasks: dict[tuple[int, int], _TaskEntry] = {}
+
+    def task(self, slot: int, episode: int) -> _TaskEntry:
+        """The task trained by ``slot`` in ``episode``, with its parameter names and rule context."""
+        key = (slot, episode)
+        if key not in self._tasks:
+            for stale in [k for k in self._tasks if k[0] == slot]:
+                del self._tasks[stale]
+            task = self.family.sample(derive_seed(self.seed, "task", slot, episode))
+            params = task.init_params()
+            context = self.rule.build_context(list(params.values()), task.model)
+            self._tasks[key] = _TaskEntry(task, list(params), context)
+        return self._tasks[key]
+
+    def init_state(self, slot: int, episode: int = 0) -> InnerState:
+        """A fresh inner run for ``slot``: new task, initial parameters and optimizer state."""
+        entry = self.task(slot, episode)
+        params = list(entry.task.init_params().values())
+        length = self.schedule.sample(derive_seed(self.seed, "length", slot, episode))
+        step = 0
+        if episode == 0 and self.initial_offset > 0:
+            step = random.Random(derive_seed(self.seed, "offset", slot)).randint(
+                0, min(self.initial_offset, length - 1)
+            )
+        return InnerState(slot, episode, step, length, params, self.rule.init_state(params))
+
+    def next_episode(self, state: InnerState) -> InnerState:
+        """The inner run that follows ``state`` in its slot."""
+        return self.init_state(state.slot, state.episode + 1)
+
+    def unroll(
+        self, state: InnerState, meta_params: dict[str, Tensor] | None = None, differentiable: bool = False
+    ) -> tuple[InnerState, UnrollOutput]:
+        """Run one truncation: ``min(K, length - step)`` inner steps from ``state``.
+
+        Args:
+            state: where to start (not modified).
+            meta_params: meta-parameters to unroll with (default: the rule's own).
+            differentiable: build the graph from ``meta_params`` to the meta-loss (TBPTT);
+                otherwise run without autograd except for the inner gradients.
+
+        Returns:
+            ``(new_state, output)``; ``new_state`` is still attached to the graph when
+            ``differentiable``.
+        """
+        if state.step >= state.length:
+            raise ValueError(f"slot {state.slot} finished its episode; call next_episode first")
+        entry = self.task(state.slot, state.episode)
+        task, names = entry.task, entry.names
+        steps = min(self.unroll_length, state.length - state.step)
+        with torch.set_grad_enabled(differentiable):
+            params, opt_state = state.params, state.opt_state
+            train_losses, terms = [], []
+            for i in range(steps):
+                batch = task.batch(state.step + i)
+                loss, grads = _loss_and_grads(task, names, params, batch, differentiable)
+                params, opt_state = learned_step(
+                    self.rule,
+                    params,
+                    grads,
+                    opt_state,
+                    entry.context,
+                    meta_params=meta_params,
+                    lr=self.lr,
+                    weight_decay=self.weight_decay,
+                )
+                train_losses.append(loss.detach())
+                if self.meta_loss == "train_mean":
+                    terms.append(task.loss(dict(zip(names, params)), batch))
+            if self.meta_loss == "train_mean":
+                meta_loss = torch.stack(terms).mean()
+            else:
+                meta_loss = task.loss(dict(zip(names, params)), task.batch(state.step + steps, "test"))
+        new_state = replace(state, step=state.step + steps, params=params, opt_state=opt_state)
+        output = UnrollOutput(
+            slot=state.slot,
+            meta_loss=meta_loss,
+            train_losses=torch.stack(train_losses),
+            start=state.step,
+            task=task.name,
+            done=new_state.step >= state.length,
+        )
+        return new_state, output

@@ -1,0 +1,111 @@
+"""Config loading: YAML round trip and clear errors for unknown keys, names and options."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import yaml
+
+from l2o.meta import ConfigError, MetaTrainConfig, config_from_dict, load_config
+from l2o.meta.cli import add_parser
+
+EXAMPLE = """
+rule: {name: ff, hidden_size: 16}  # or just `rule: ff`
+tasks:
+  - {family: mlp, dataset: digits, widths: [16, 32], weight: 2}
+  - cnn
+  - {family: transformer, d_models: [16]}
+reparam_scale: [0.1, 10]
+estimator: {name: es, sigma: 0.02}
+truncation: {schedule: log_uniform, min_length: 50, max_length: 500, unroll_length: 25, initial_offset: 50}
+inner: {meta_loss: heldout_last}
+outer: {lr: 1.0e-3, clip_norm: null, lr_schedule: cosine}
+n_tasks: 4
+steps: 20
+"""
+
+
+def test_yaml_config_loads_and_round_trips(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(EXAMPLE)
+    config = load_config(path)
+    assert config.rule.name == "ff" and config.rule.options == {"hidden_size": 16}
+    assert [t.family for t in config.tasks] == ["mlp", "cnn", "transformer"]
+    assert config.tasks[0].weight == 2.0 and config.tasks[0].options == {"dataset": "digits", "widths": [16, 32]}
+    assert config.reparam_scale == (0.1, 10.0)
+    assert config.estimator.sigma == 0.02 and config.truncation.schedule == "log_uniform"
+    assert config.outer.clip_norm is None and config.outer.lr == 1e-3
+    assert config.checkpoint_every == MetaTrainConfig().checkpoint_every  # defaults fill the rest
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict())))
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"stepz": 3}, r"unknown key\(s\) \['stepz'\] in config; valid keys: .*'steps'"),
+        ({"truncation": {"unroll": 3}}, r"unknown key\(s\) \['unroll'\] in truncation; valid keys: .*'unroll_length'"),
+        (
+            {"estimator": {"name": "reinforce"}},
+            r"unknown estimator.name 'reinforce'; choose one of \['es', 'pes', 'tbptt'\]",
+        ),
+        ({"truncation": {"schedule": "linear"}}, r"choose one of \['constant', 'log_uniform'\]"),
+        ({"inner": {"meta_loss": "final"}}, r"choose one of \['heldout_last', 'train_mean'\]"),
+        ({"tasks": [{"family": "resnet"}]}, r"unknown tasks\[0\].family 'resnet'; choose one of \['cnn', 'inr', 'mlp'"),
+        (
+            {"tasks": [{"family": "mlp", "width": 3}]},
+            r"unknown option\(s\) \['width'\] for tasks\[0\] \(mlp\); valid options: .*'widths'",
+        ),
+        (
+            {"tasks": [{"family": "cnn", "depths": [1], "dataset": "digits", "batch": 3}]},
+            r"valid options: .*'batch_size'",
+        ),
+        ({"rule": {"name": "lstm"}}, r"unknown rule 'lstm'; choose one of .*'ff'"),
+        ({"rule": {"name": "ff", "hidden": 3}}, r"unknown option\(s\) \['hidden'\] for rule \(ff\)"),
+        ({"rule": {"name": "no.such.module:Rule"}}, r"cannot import rule"),
+        ({"steps": "many"}, r"steps must be int, got 'many'"),
+        ({"outer": {"betas": [0.9]}}, r"outer.betas must be a list of 2 numbers"),
+        ({"n_tasks": 0}, r"n_tasks must be >= 1"),
+        ({"tasks": []}, r"at least one task family"),
+        ({"tasks": [{"family": "mlp", "weight": "heavy"}]}, r"tasks\[0\].weight must be float"),
+        ({"rule": ["ff"]}, r"rule must be a rule name or a mapping"),
+    ],
+)
+def test_invalid_configs_name_what_is_valid(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_cli_parser_reads_the_config_and_run_folder(tmp_path):
+    parser = argparse.ArgumentParser(prog="l2o")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["meta-train", "--config", "a.yaml", "--run-dir", str(tmp_path), "--no-resume"])
+    assert args.config.name == "a.yaml" and args.run_dir == tmp_path and args.no_resume
+    assert callable(args.handler)
+
+
+def test_cli_handler_trains_and_saves_the_rule(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "rule: {name: 'tests.meta.rules:LogLRRule'}\n"
+        "tasks: [{family: quadratic, dim: 3}]\n"
+        "truncation: {length: 4, unroll_length: 2}\n"
+        "n_tasks: 2\nsteps: 2\nprogress: false\n"
+    )
+    parser = argparse.ArgumentParser(prog="l2o")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["meta-train", "--config", str(config), "--run-dir", str(tmp_path / "run")])
+    assert args.handler(args) == 0
+    assert (tmp_path / "run" / "rule" / "model.safetensors").exists()
+    assert "rule written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["greedy_fashion_cnn.yaml", "pes_mixture.yaml"])
+def test_shipped_example_configs_are_valid(name):
+    from pathlib import Path
+
+    import l2o.meta
+
+    config = load_config(Path(l2o.meta.__file__).parent / "configs" / name)
+    assert config.rule.name == "ff" and config.steps >= 1000

@@ -1,0 +1,125 @@
+"""Task families: every member builds, is deterministic, and trains with plain SGD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from l2o.meta.tasks import (
+    FAMILIES,
+    MixtureFamily,
+    QuadraticFamily,
+    ReparamFamily,
+    load_image_data,
+)
+from l2o.meta.truncated_step import TruncatedStep
+from l2o.meta.truncation import ConstantSchedule
+from tests.meta.rules import LogLRRule
+
+CASES = [
+    ("quadratic", {}, 0.05),
+    ("mlp", {"norms": ["none"]}, 0.5),
+    ("mlp", {"dataset": "mnist5k", "image_size": 14, "norms": ["layer", "batch"]}, 0.5),
+    ("cnn", {"norms": ["batch"], "depths": [2]}, 0.5),
+    ("cnn", {"norms": ["group"], "channels": [16], "depths": [2]}, 0.5),
+    ("transformer", {"d_models": [16], "depths": [1]}, 0.1),
+    ("inr", {}, 0.05),
+]
+
+
+@pytest.mark.parametrize(("family", "options", "lr"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_family_member_trains_with_sgd(family, options, lr):
+    step = TruncatedStep(LogLRRule(lr), FAMILIES[family](**options), ConstantSchedule(30), unroll_length=30)
+    _, out = step.unroll(step.init_state(slot=0))
+    losses = out.train_losses
+    assert torch.isfinite(losses).all()
+    assert losses[-5:].mean() < losses[:5].mean(), out.task
+
+
+def test_tasks_and_batches_are_deterministic_and_varied():
+    family = FAMILIES["mlp"](norms=["none", "layer"])
+    a, b = family.sample(3), family.sample(3)
+    assert a.name == b.name
+    for (name, x), (_, y) in zip(a.init_params().items(), b.init_params().items()):
+        assert torch.equal(x, y), name
+    assert all(torch.equal(x, y) for x, y in zip(a.batch(7), b.batch(7)))
+    assert not torch.equal(a.batch(7)[0], a.batch(8)[0])
+    assert not torch.equal(a.batch(7, "train")[0], a.batch(7, "test")[0])
+    names = {family.sample(seed).name for seed in range(12)}
+    assert len(names) > 3
+
+
+def test_sampling_does_not_touch_the_global_rng():
+    state = torch.get_rng_state()
+    FAMILIES["cnn"]().sample(0).init_params()
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_reparameterization_keeps_the_function_and_rescales_gradients():
+    base = FAMILIES["mlp"]()
+    task = ReparamFamily(base, scale_range=(0.1, 10.0)).sample(5)
+    plain = base.sample(5)
+    scales = task.scales
+    assert len(set(scales.values())) == len(scales) and all(0.1 <= s <= 10 for s in scales.values())
+    batch = plain.batch(0)
+    params = {k: v.requires_grad_() for k, v in task.init_params().items()}
+    plain_params = {k: v.requires_grad_() for k, v in plain.init_params().items()}
+    loss, plain_loss = task.loss(params, batch), plain.loss(plain_params, batch)
+    assert torch.allclose(loss, plain_loss)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    plain_grads = torch.autograd.grad(plain_loss, list(plain_params.values()))
+    for name, g, h in zip(params, grads, plain_grads):
+        assert torch.allclose(g, scales[name] * h, rtol=1e-4, atol=1e-7), name
+
+
+def test_mixture_draws_from_every_family_by_weight():
+    mixture = MixtureFamily([QuadraticFamily(dim=2), FAMILIES["inr"]()], weights=[1.0, 1.0])
+    names = [mixture.sample(seed).name.split("[")[0] for seed in range(40)]
+    assert set(names) == {"quadratic", "inr"}
+    with pytest.raises(ValueError, match="positive weight"):
+        MixtureFamily([QuadraticFamily()], weights=[0.0])
+
+
+def test_family_options_are_checked():
+    with pytest.raises(ValueError, match="unknown norms"):
+        FAMILIES["cnn"](norms=["layer"])
+    with pytest.raises(ValueError, match="unknown activations"):
+        FAMILIES["mlp"](activations=["swish"])
+
+
+def _save_tiny_image_dataset(path, with_test: bool, rgb: bool) -> None:
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shape = (6, 6, 3) if rgb else (6, 6)
+
+    def split(n):
+        images = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for _ in range(n)]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
+        return datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(n)]}, features=features)
+
+    data = datasets.DatasetDict(train=split(20), test=split(10)) if with_test else split(20)
+    data.save_to_disk(str(path))
+
+
+@pytest.mark.parametrize(("with_test", "rgb"), [(True, False), (False, True)])
+def test_hugging_face_image_dataset_from_disk(tmp_path, with_test, rgb, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "tiny"
+    _save_tiny_image_dataset(path, with_test, rgb)
+    data = load_image_data(str(path), image_size=4)
+    channels = 3 if rgb else 1
+    assert data.train_images.shape == ((20, channels, 4, 4) if with_test else (16, channels, 4, 4))
+    assert len(data.test_labels) == (10 if with_test else 4)
+    assert data.num_classes == 3
+    assert 0 <= data.train_images.min() and data.train_images.max() <= 1
+    task = FAMILIES["cnn"](dataset=str(path), image_size=4, batch_size=8).sample(0)
+    assert torch.isfinite(task.loss(task.init_params(), task.batch(0)))
+
+
+def test_offline_data_is_split_and_resized():
+    data = load_image_data("digits", image_size=4, max_examples=50)
+    assert data.train_images.shape == (50, 1, 4, 4) and data.test_images.shape == (50, 1, 4, 4)
+    assert data.num_classes == 10

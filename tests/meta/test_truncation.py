@@ -1,0 +1,63 @@
+"""Truncation schedules, random initial offsets and the truncated step's episode bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from l2o.meta.tasks import QuadraticFamily
+from l2o.meta.truncated_step import TruncatedStep
+from l2o.meta.truncation import ConstantSchedule, LogUniformSchedule
+from tests.meta.rules import LogLRRule, MomentumRule
+
+
+def test_log_uniform_lengths_cover_the_range_on_a_log_scale():
+    schedule = LogUniformSchedule(10, 1000)
+    lengths = torch.tensor([schedule.sample(seed) for seed in range(2000)], dtype=torch.float64)
+    assert lengths.min() >= 10 and lengths.max() <= 1000
+    assert schedule.sample(7) == schedule.sample(7)
+    # log-uniform: a third of the mass in each decade-ish third of [log 10, log 1000]
+    below_100 = (lengths < 100).double().mean().item()
+    assert 0.45 < below_100 < 0.55
+    assert ConstantSchedule(5).sample(3) == 5
+    with pytest.raises(ValueError):
+        LogUniformSchedule(10, 5)
+
+
+def test_initial_offsets_are_random_bounded_and_only_for_the_first_episode():
+    step = TruncatedStep(LogLRRule(), QuadraticFamily(dim=2), ConstantSchedule(20), unroll_length=5, initial_offset=8)
+    offsets = [step.init_state(slot).step for slot in range(40)]
+    assert min(offsets) >= 0 and max(offsets) <= 8 and len(set(offsets)) > 4
+    assert all(step.init_state(slot, episode=1).step == 0 for slot in range(5))
+    short = TruncatedStep(LogLRRule(), QuadraticFamily(dim=2), ConstantSchedule(3), unroll_length=5, initial_offset=8)
+    assert max(short.init_state(slot).step for slot in range(40)) <= 2  # never past the episode end
+
+
+def test_truncations_end_exactly_at_the_episode_end():
+    step = TruncatedStep(MomentumRule(), QuadraticFamily(dim=2), ConstantSchedule(7), unroll_length=3)
+    state = step.init_state(0)
+    sizes, done = [], False
+    while not done:
+        state, out = step.unroll(state)
+        sizes.append(len(out.train_losses))
+        done = out.done
+    assert sizes == [3, 3, 1] and state.step == 7
+    assert state.opt_state["t"].item() == 7  # the rule's state was carried through
+    with pytest.raises(ValueError, match="next_episode"):
+        step.unroll(state)
+    fresh = step.next_episode(state)
+    assert (fresh.episode, fresh.step) == (1, 0)
+    assert step.task(0, 1).task.seed != step.task(0, 0).task.seed
+
+
+def test_meta_loss_kinds():
+    with pytest.raises(ValueError, match="train_mean"):
+        TruncatedStep(LogLRRule(), QuadraticFamily(), ConstantSchedule(3), unroll_length=1, meta_loss="last")
+    family = QuadraticFamily(dim=3, noise_std=0.5)
+    held = TruncatedStep(LogLRRule(), family, ConstantSchedule(6), unroll_length=3, meta_loss="heldout_last")
+    train = TruncatedStep(LogLRRule(), family, ConstantSchedule(6), unroll_length=3)
+    new_state, out = held.unroll(held.init_state(0))
+    task = held.task(0, 0)
+    expected = task.task.loss(dict(zip(task.names, new_state.params)), task.task.batch(3, "test"))
+    assert torch.equal(out.meta_loss, expected)
+    assert not torch.equal(out.meta_loss, train.unroll(train.init_state(0))[1].meta_loss)
