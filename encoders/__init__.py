@@ -2,5 +2,10 @@
 
 from encoders.builder import ACTIVATIONS, EdgeKind, Role
 from encoders.graph import NeuralGraph
+from encoders.models import NGGNN, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms
+from encoders.readouts import GraphReadout, NodeEdgeHead, unbatch_features
 
-__all__ = ["ACTIVATIONS", "EdgeKind", "NeuralGraph", "Role"]
+__all__ = [
+    "ACTIVATIONS", "EdgeKind", "GraphReadout", "NGGNN", "NGGNNConfig", "NGTransformer", "NGTransformerConfig",
+    "NeuralGraph", "NodeEdgeHead", "Role", "degree_histograms", "unbatch_features",
+]

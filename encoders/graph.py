@@ -193,7 +193,7 @@ class NeuralGraph:
         x = x.index_copy(0, self.node_elem_slot, flat[self.node_elem_pos])
         edge = self.edge_base.to(flat).reshape(-1)
         edge = edge.index_copy(0, self.edge_elem_slot, flat[self.edge_elem_pos])
-        return x.view(self.num_nodes, self.node_channels), edge.view(self.num_edges, -1)
+        return x.view(self.num_nodes, self.node_channels), edge.view(self.edge_base.shape)
 
     def to_flat(self, x: Tensor | None = None, edge_attr: Tensor | None = None) -> Tensor:
         """Inverse of :meth:`features`: the flat parameter vector ``[P]`` held by ``x``/``edge_attr``.

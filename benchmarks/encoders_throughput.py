@@ -1,0 +1,227 @@
+"""Forward+backward throughput and peak memory of NG-GNN and NG-T.
+
+Workloads: a batch of 2-32-32-1 SIRENs (one architecture) and a batch of small CNNs of mixed
+architectures (2-3 conv layers, 4-16 channels, 3x3/5x5 kernels, global pooling, linear head).
+Each (encoder, workload, device) runs in a fresh process. CPU peak memory is that process's peak
+RSS growth during forward+backward over its state after building the model and the batch
+(``resource.ru_maxrss``; the whole process's peak is reported too); on CUDA it is
+``torch.cuda.max_memory_allocated``. Timings are medians over repeats.
+
+    python -m benchmarks.encoders_throughput            # full: batch 128, 5 repeats
+    python -m benchmarks.encoders_throughput --quick    # < 1 minute (batch 32, SIRENs only)
+    python -m benchmarks.encoders_throughput --figure docs/images/encoders_throughput.png
+
+Writes ``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch_geometric  # noqa: E402
+from torch import nn  # noqa: E402
+from torch_geometric.data import Batch  # noqa: E402
+
+from encoders import NGGNN, NeuralGraph, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms  # noqa: E402
+
+# (name, encoder class, config options): hidden 32, 4 layers, as the reference figures
+ENCODERS = {
+    "NG-GNN": (NGGNN, NGGNNConfig, {}),
+    "NG-GNN cheap": (NGGNN, NGGNNConfig, {"film": "elementwise", "edge_updates": False}),
+    "NG-T sparse": (NGTransformer, NGTransformerConfig, {"attention": "sparse"}),
+    "NG-T dense": (NGTransformer, NGTransformerConfig, {"attention": "dense"}),
+}
+# reference implementation, 2-core CPU, batch 128 of 2-32-32-1 SIRENs (REFERENCES.md section 2)
+REFERENCE = {"NG-GNN": {"graphs_per_s": 14.0, "peak_mb": 2750.0}, "NG-T": {"graphs_per_s": 4.7, "peak_mb": 13800.0}}
+
+
+class Sine(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(30.0 * x)
+
+
+def siren() -> nn.Module:
+    return nn.Sequential(nn.Linear(2, 32), Sine(), nn.Linear(32, 32), Sine(), nn.Linear(32, 1))
+
+
+def small_cnn(gen: torch.Generator) -> nn.Module:
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=gen))]  # noqa: E731
+    layers, channels = [], 1
+    for _ in range(pick([2, 3])):
+        out, kernel = pick([4, 8, 16]), pick([3, 5])
+        layers += [nn.Conv2d(channels, out, kernel, padding=kernel // 2), pick([nn.ReLU(), nn.GELU(), nn.Tanh()])]
+        channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+
+
+def make_graphs(workload: str, batch: int) -> list[NeuralGraph]:
+    torch.manual_seed(0)
+    if workload == "siren":
+        return [NeuralGraph.from_module(siren()) for _ in range(batch)]
+    gen = torch.Generator().manual_seed(0)
+    return [NeuralGraph.from_module(small_cnn(gen), kernel_grid=(5, 5)) for _ in range(batch)]
+
+
+def measure(encoder: str, workload: str, device: str, batch: int, repeats: int, threads: int,
+            queue: mp.Queue) -> None:
+    """Runs in a child process; puts one result dict on ``queue``."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    graphs = make_graphs(workload, batch)
+    data = Batch.from_data_list([g.to_pyg() for g in graphs]).to(device)
+    cls, config_cls, options = ENCODERS[encoder]
+    config = config_cls(node_features=data.x.shape[1], edge_features=data.edge_attr.shape[1], hidden=32, layers=4,
+                        **options)
+    model = (cls(config, degree_histograms(graphs)) if cls is NGGNN else cls(config)).to(device)
+
+    def step() -> None:
+        x, e = model(data)
+        (x.square().mean() + e.square().mean()).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, after building everything
+    step()  # warm-up
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else (rss_peak - rss_ready) / 1024
+    median = statistics.median(times)
+    queue.put({
+        "encoder": encoder, "workload": workload, "device": device, "batch": batch, "repeats": repeats,
+        "nodes": data.num_nodes, "edges": data.num_edges, "params": sum(p.numel() for p in model.parameters()),
+        "median_s": median, "graphs_per_s": batch / median, "peak_mb": peak_mb, "process_peak_mb": rss_peak / 1024,
+    })
+
+
+def run_isolated(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=measure, args=(*args, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"benchmark {args} failed with exit code {proc.exitcode}")
+    return queue.get()
+
+
+def machine(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads, "python": platform.python_version(),
+            "torch": torch.__version__, "torch_geometric": torch_geometric.__version__, "platform": platform.platform(),
+            "load_average_1min": round(os.getloadavg()[0], 2)}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def markdown(results: list[dict], info: dict, command: str) -> str:
+    lines = [
+        "# Encoder throughput (forward + backward)", "",
+        f"`{command}`", "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+        "| encoder | workload | device | batch | nodes | edges | params | median s/batch | graphs/s | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['encoder']} | {r['workload']} | {r['device']} | {r['batch']} | {r['nodes']} | {r['edges']} | "
+            f"{r['params']} | {r['median_s']:.3f} | {r['graphs_per_s']:.1f} | {r['peak_mb']:.0f} |"
+        )
+    lines += ["", "Reference implementation (2-core CPU, batch 128 of 2-32-32-1 SIRENs, hidden 32, 4 layers): "
+              + "; ".join(f"{k} {v['graphs_per_s']} graphs/s, {v['peak_mb']:.0f} MB" for k, v in REFERENCE.items()),
+              ""]
+    return "\n".join(lines)
+
+
+def figure(results: list[dict], path: Path) -> None:
+    """Throughput and peak memory on the SIREN workload (first device), reference figures as ticks."""
+    rows = [r for r in results if r["workload"] == "siren"]
+    rows = [r for r in rows if r["device"] == rows[0]["device"]]
+    names = [r["encoder"] for r in rows]
+    refs = [REFERENCE["NG-GNN" if name.startswith("NG-GNN") else "NG-T"] for name in names]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 2.8), sharey=True)
+    panels = [("graphs_per_s", 1.0, "graphs/s, forward+backward"), ("peak_mb", 1 / 1024, "peak memory (GB)")]
+    for ax, (key, scale, label) in zip(axes, panels):
+        ax.barh(names, [r[key] * scale for r in rows], color="tab:blue", label="l2o encoders")
+        ax.scatter([ref[key] * scale for ref in refs], names, marker="|", s=400, color="black", zorder=3,
+                   label="reference implementation")
+        ax.set_xlabel(label)
+        ax.set_xlim(left=0)
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"batch of {rows[0]['batch']} SIRENs 2-32-32-1, hidden 32, 4 layers, {rows[0]['device']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 32, 2 repeats, SIRENs only (< 1 minute)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores not busy "
+                        "with other work, judged from the load average; at least 1)")
+    parser.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
+    parser.add_argument("--out", type=Path, default=Path("results/encoders_throughput"))
+    parser.add_argument("--figure", type=Path, help="also write the throughput figure here")
+    args = parser.parse_args(argv)
+    batch, repeats = (32, 2) if args.quick else (args.batch, args.repeats)
+    workloads = ["siren"] if args.quick else ["siren", "cnn"]
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    command = "python -m benchmarks.encoders_throughput " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.threads is None:  # oversubscribed cores make thread hand-offs dominate small ops
+        args.threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - int(os.getloadavg()[0])))
+    info = machine(args.threads)
+    print(f"{command}\n" + ", ".join(f"{k}: {v}" for k, v in info.items()))
+    results = []
+    for device in devices:
+        for workload in workloads:
+            for encoder in args.encoders:
+                r = run_isolated(encoder, workload, device, batch, repeats, args.threads)
+                results.append(r)
+                print(f"{encoder:13s} {workload:6s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} s/batch, "
+                      f"{r['graphs_per_s']:8.1f} graphs/s, peak {r['peak_mb']:7.0f} MB", flush=True)
+    info["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+    table = markdown(results, info, command.strip())
+    print("\n" + table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"command": command.strip(), "machine": info,
+                                                      "reference": REFERENCE, "results": results}, indent=2))
+    (args.out / "results.md").write_text(table)
+    figure(results, args.out / "throughput.png")
+    if args.figure:
+        figure(results, args.figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Probe features: what the networks compute on K learned inputs, as features of their neurons.
+
+``K`` probe points in ``[-1, 1]^d0`` run through every network of a batch of same-architecture
+MLPs (``torch.func.functional_call``, ``vmap`` over the batch). The activations of layer ``l``
+(``[B, K, n_l]``; layer 0 = the probes themselves) become features of the neurons at depth ``l``:
+the neuron with ``node_depth == l`` and ``node_index == n`` gets the ``K`` values ``act_l[:, :, n]``,
+mapped by ``Linear(K, hidden)`` and a per-node ``LayerNorm``. Hidden-neuron permutations of a
+network permute its activations the same way, so the features keep the graph's symmetry.
+
+Supported networks: ``nn.Sequential`` of ``nn.Linear`` layers and parameter-free modules
+(activations such as a SIREN sine), e.g. a 2-32-32-1 INR. Layer ``l`` is the output of the
+``l``-th ``Linear`` after the parameter-free modules that follow it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch_geometric.data import Data
+
+from encoders.embeddings import node_batch
+
+__all__ = ["ProbeFeatures", "layer_activations"]
+
+
+def layer_activations(net: nn.Sequential, params: Mapping[str, Tensor], inputs: Tensor) -> list[Tensor]:
+    """Per-layer activations of a batch of networks sharing ``net``'s architecture.
+
+    ``params``: ``{name: [B, *shape]}`` with the names of ``net.named_parameters()``; ``inputs [K, d0]``
+    are shared by all networks. Returns ``[inputs, layer 1, ..., layer L]``, each ``[B, K, n_l]``.
+    """
+    if not isinstance(net, nn.Sequential):
+        raise ValueError(f"probe features need an nn.Sequential MLP, got {type(net).__name__}")
+    for name, module in net.named_children():
+        if not isinstance(module, nn.Linear) and any(True for _ in module.parameters()):
+            raise ValueError(
+                f"probe features support Linear layers and parameter-free modules; module {name!r} is a "
+                f"{type(module).__name__} with parameters"
+            )
+    missing = {n for n, _ in net.named_parameters()} - set(params)
+    if missing:
+        raise ValueError(f"probe parameters are missing {sorted(missing)}")
+
+    def run(p: dict[str, Tensor]) -> list[Tensor]:
+        h, acts = inputs, [inputs]
+        for name, module in net.named_children():
+            prefix = f"{name}."
+            own = {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+            h = functional_call(module, own, (h,))
+            if isinstance(module, nn.Linear):
+                acts.append(h)
+            else:
+                acts[-1] = h
+        return acts
+
+    return vmap(run)(dict(params))
+
+
+class ProbeFeatures(nn.Module):
+    """Learned probes and the map from per-neuron activations to node features.
+
+    ``forward(data, net, params) -> [N, hidden]`` for a batch ``data`` of ``B`` graphs of the same
+    MLP architecture, graph ``b`` holding the network ``params[name][b]``.
+    """
+
+    def __init__(self, num_probes: int, input_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.probes = nn.Parameter(torch.rand(num_probes, input_dim) * 2 - 1)
+        self.proj = nn.Linear(num_probes, hidden)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, data: Data, net: nn.Sequential, params: Mapping[str, Tensor]) -> Tensor:
+        return self.norm(self.proj(self.node_values(data, net, params)))
+
+    def node_values(self, data: Data, net: nn.Sequential, params: Mapping[str, Tensor]) -> Tensor:
+        """``[N, K]``: the probe activations of every node's neuron (row order of ``data``)."""
+        acts = layer_activations(net, params, self.probes)
+        batch = node_batch(data)
+        if int(batch.max()) + 1 != acts[0].shape[0]:
+            raise ValueError(f"the batch holds {int(batch.max()) + 1} graphs but the probe parameters "
+                             f"{acts[0].shape[0]} networks")
+        widths = torch.tensor([a.shape[-1] for a in acts], device=batch.device)
+        depth, index = data.node_depth, data.node_index
+        if int(depth.max()) >= len(acts) or bool((index >= widths[depth.clamp(max=len(acts) - 1)]).any()):
+            raise ValueError(
+                "the graphs do not match the probed network: every node needs a layer (node_depth) and a "
+                f"neuron (node_index) of the network; its layer widths are {widths.tolist()}"
+            )
+        offsets = torch.cumsum(widths, 0) - widths
+        return torch.cat(acts, dim=-1)[batch, :, offsets[depth] + index]  # [B, K, sum n_l] -> [N, K]
