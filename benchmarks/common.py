@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["command_line", "machine_info", "median_time", "write_results"]
+__all__ = ["command_line", "free_cores", "machine_info", "median_time", "write_results"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -38,11 +38,27 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    try:
+        import torch_geometric
+
+        info["torch_geometric"] = torch_geometric.__version__
+    except ImportError:
+        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def free_cores() -> int:
+    """Cores not busy with other work, judged from the 1-minute load average (at least 1).
+
+    On a shared machine, intra-op threads on oversubscribed cores wait for each other and make
+    small operations many times slower; benchmarks use this as their default thread count.
+    """
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - int(os.getloadavg()[0])))
 
 
 def command_line() -> str:

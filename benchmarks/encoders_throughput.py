@@ -17,14 +17,9 @@ Writes ``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import os
-import platform
 import resource
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -33,10 +28,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-import torch_geometric  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
 
+from benchmarks.common import command_line, free_cores, write_results  # noqa: E402
 from encoders import NGGNN, NeuralGraph, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms  # noqa: E402
 
 # (name, encoder class, config options): hidden 32, 4 layers, as the reference figures
@@ -126,26 +121,8 @@ def run_isolated(*args) -> dict:
     return queue.get()
 
 
-def machine(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads, "python": platform.python_version(),
-            "torch": torch.__version__, "torch_geometric": torch_geometric.__version__, "platform": platform.platform(),
-            "load_average_1min": round(os.getloadavg()[0], 2)}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def markdown(results: list[dict], info: dict, command: str) -> str:
+def markdown(results: list[dict]) -> str:
     lines = [
-        "# Encoder throughput (forward + backward)", "",
-        f"`{command}`", "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
         "| encoder | workload | device | batch | nodes | edges | params | median s/batch | graphs/s | peak MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -198,11 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     workloads = ["siren"] if args.quick else ["siren", "cnn"]
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
-    command = "python -m benchmarks.encoders_throughput " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.threads is None:  # oversubscribed cores make thread hand-offs dominate small ops
-        args.threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - int(os.getloadavg()[0])))
-    info = machine(args.threads)
-    print(f"{command}\n" + ", ".join(f"{k}: {v}" for k, v in info.items()))
+        args.threads = free_cores()
+    print(f"{command_line()} (threads: {args.threads})")
     results = []
     for device in devices:
         for workload in workloads:
@@ -211,13 +186,8 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(r)
                 print(f"{encoder:13s} {workload:6s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} s/batch, "
                       f"{r['graphs_per_s']:8.1f} graphs/s, peak {r['peak_mb']:7.0f} MB", flush=True)
-    info["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-    table = markdown(results, info, command.strip())
-    print("\n" + table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"command": command.strip(), "machine": info,
-                                                      "reference": REFERENCE, "results": results}, indent=2))
-    (args.out / "results.md").write_text(table)
+    write_results(args.out, "encoders_throughput", {"threads": args.threads, "reference": REFERENCE,
+                                                    "results": results}, markdown(results))
     figure(results, args.out / "throughput.png")
     if args.figure:
         figure(results, args.figure)

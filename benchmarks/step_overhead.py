@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from benchmarks.common import median_time, write_results
+from benchmarks.common import free_cores, median_time, write_results
 
 BATCH = 128
 
@@ -107,18 +107,18 @@ def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: s
     }
 
 
-def _worker(model_key: tuple[str, int], optimizer: str, repeats: int, queue: mp.Queue) -> None:
-    torch.set_num_threads(torch.get_num_threads())
+def _worker(model_key: tuple[str, int], optimizer: str, repeats: int, threads: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
     kind, width = model_key
     model_fn = MODELS[kind] if kind in MODELS else (lambda: mlp(width))
     queue.put(measure(model_fn, optimizer, repeats))
 
 
-def isolated(model_key: tuple[str, int], optimizer: str, repeats: int) -> dict[str, float]:
+def isolated(model_key: tuple[str, int], optimizer: str, repeats: int, threads: int) -> dict[str, float]:
     """Run :func:`measure` in a fresh process, so memory high-water marks are its own."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(model_key, optimizer, repeats, queue))
+    proc = ctx.Process(target=_worker, args=(model_key, optimizer, repeats, threads, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -163,8 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small models and few repeats (about a minute)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     parser.add_argument("--out", type=Path, default=Path("results/step_overhead"))
     args = parser.parse_args(argv)
+    threads = args.threads or free_cores()
     repeats = args.repeats or (2 if args.quick else 5)
     models = list(MODELS)[:2] if args.quick else list(MODELS)
     widths = (64, 256) if args.quick else (96, 256, 512, 1024, 2048, 4096, 5792)
@@ -173,14 +175,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows = []
     for model in tqdm(models, desc="reference models"):
-        results = {opt: isolated((model, 0), opt, repeats) for opt in OPTIMIZERS}
+        results = {opt: isolated((model, 0), opt, repeats, threads) for opt in OPTIMIZERS}
         for opt, r in results.items():
             rows.append({"model": model, "optimizer": opt, **r, "vs_adam": r["step_s"] / results["Adam"]["step_s"],
                          "vs_ff": r["step_s"] / results["FF"]["step_s"]})
     points = []
     for width in tqdm(widths, desc="scaling"):
         for opt in ("Adam", "FF", "NeuralGraphOpt"):
-            points.append({"width": width, "optimizer": opt, **isolated(("mlp", width), opt, repeats)})
+            points.append({"width": width, "optimizer": opt, **isolated(("mlp", width), opt, repeats, threads)})
     args.out.mkdir(parents=True, exist_ok=True)
     scaling_plot(points, args.out / "step_scaling.png")
     scale_lines = ["| params | " + " | ".join(f"{o} step ms" for o in ("Adam", "FF", "NeuralGraphOpt")) + " |",
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 + "\n\nRatios are against Adam and the FF rule measured in the same run. 'state' counts the "
                 "tensors in the optimizer's state_dict; '1st-step peak' is the growth of the process's RSS "
                 "high-water mark during the first step (state allocation + temporaries).")
-    record = {"quick": args.quick, "repeats": repeats, "batch": BATCH, "rows": rows, "scaling": points}
+    record = {"quick": args.quick, "repeats": repeats, "threads": threads, "batch": BATCH, "rows": rows,
+              "scaling": points}
     write_results(args.out, "step_overhead", record, markdown)
     return record
 
