@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,9 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     from l2o.meta.cli import add_parser as add_meta_train
 
     add_meta_train(sub)
+    sub.add_parser("bench", help="run the benchmark suite: l2o bench [parts] [--quick] (see l2o bench --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser, shared with python -m benchmarks
+        from benchmarks.__main__ import main as run_benchmarks
+
+        return run_benchmarks(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)

@@ -261,7 +261,8 @@ def feature_chunks(
     """Normalised features of one tensor, in blocks of whole matrix rows.
 
     Args:
-        param, grad: one parameter and its gradient, shape ``S``.
+        param: one parameter, shape ``S``.
+        grad: its gradient, shape ``S``.
         stats: its statistics *after* :func:`update_stats` (see :func:`tensor_stats`).
         step: the state's step counter (int64 scalar).
         chunk_size: about this many elements per block (at least one matrix row).

@@ -43,10 +43,12 @@ class FFRule(UpdateRule):
     Args:
         hidden_size: width of the hidden layers (32).
         hidden_layers: number of hidden ReLU layers (2): ``39 -> 32 -> 32 -> 2``.
-        step_mult, exp_mult: ``b`` and ``a`` of ``d * exp(a m) * b`` (1e-3 each).
+        step_mult: ``b`` of ``d * exp(a m) * b`` (1e-3).
+        exp_mult: ``a`` of ``d * exp(a m) * b`` (1e-3).
         skip: weight of the Adam direction in ``d``.
-        momentum_decays, rms_decay, factored_decays: EMA decays of the statistics; also the
-            Adam betas of the skip term (``momentum_decays[0]``, ``rms_decay``).
+        momentum_decays: EMA decays of the three momenta; the first is Adam's beta1 in the skip term.
+        rms_decay: EMA decay of the second moment (Adam's beta2 in the skip term).
+        factored_decays: EMA decays of the factored (row/column) statistics.
         learn_decays: if true, the decays are meta-parameters (``decay_logits``); else fixed.
         chunk_size: elements per feature block (memory knob, not part of the rule's config).
 

@@ -32,7 +32,8 @@ def learned_step(
 
     Args:
         rule: the update rule (its module parameters are the default meta-parameters).
-        params, grads: lists of tensors in matching order and shapes.
+        params: list of parameter tensors.
+        grads: their gradients, in the same order and shapes.
         state: the rule's optimizer state (``rule.init_state(params)`` at the start).
         context: ``rule.build_context(params)``, computed once per architecture.
         meta_params: substitute meta-parameters ``{name: tensor}`` (for meta-training); gradients

@@ -122,11 +122,16 @@ class NeuralGraphRule(UpdateRule):
     """Learned update rule reading the network as a neural graph (see the module docstring).
 
     Args:
-        hidden: width of the neuron states (32); layers: GNN layers (2);
-        head_hidden: width of the per-element head (16);
-        step_mult, exp_mult, skip: the output form ``step_mult * (d + skip * adam) * exp(exp_mult * m)``;
-        momentum_decays, rms_decay, factored_decays: EMA decays of the statistics;
-        max_depth: depths beyond it share the last depth embedding;
+        hidden: width of the neuron states (32).
+        layers: GNN layers (2).
+        head_hidden: width of the per-element head (16).
+        step_mult: ``b`` of the output form ``b * (d + skip * adam) * exp(a * m)`` (1e-3).
+        exp_mult: ``a`` of the output form (1e-3).
+        skip: weight of the Adam direction (1.0).
+        momentum_decays: EMA decays of the three momenta.
+        rms_decay: EMA decay of the second moment.
+        factored_decays: EMA decays of the factored (row/column) statistics.
+        max_depth: depths beyond it share the last depth embedding.
         chunk_size: elements per block (memory knob, not part of the config).
 
     State: :func:`l2o.features.init_stats` (16 B/element). Context: :class:`GraphContext`.

@@ -107,7 +107,8 @@ class TruncatedStep:
         meta_loss: ``"train_mean"`` — mean over the truncation's steps of the loss of the updated
             parameters on that step's batch (``K = 1`` is the greedy scheme); ``"heldout_last"`` —
             loss of the parameters after the truncation on a held-out batch.
-        lr, weight_decay: passed to :func:`~l2o.functional.learned_step`.
+        lr: passed to :func:`~l2o.functional.learned_step`.
+        weight_decay: passed to :func:`~l2o.functional.learned_step`.
         initial_offset: the first episode of each slot starts at a random inner iteration in
             ``[0, min(initial_offset, length - 1)]`` so that slots finish at different times.
         seed: keys every task, length and offset draw.
