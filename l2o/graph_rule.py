@@ -78,21 +78,62 @@ def build_graph(params: Sequence[Tensor], model: nn.Module | None) -> tuple[Neur
 
 
 @dataclass
+class NeuronMap:
+    """The neuron of every element of one parameter, in its matrix view ``[R, C]``
+    (:func:`l2o.features.matrix_shape`), stored as compactly as its structure allows.
+
+    ``along`` is ``"row"`` (the neuron depends on the row only: ``ids [R]``; e.g. the target of a
+    linear weight), ``"col"`` (``ids [C]``; e.g. its source) or ``"full"`` (``ids [R, C]``).
+    """
+
+    along: str
+    ids: Tensor
+
+    @classmethod
+    def of(cls, neurons: Tensor) -> NeuronMap:
+        """Compress ``neurons [R, C]``."""
+        if (neurons == neurons[:, :1]).all():
+            return cls("row", neurons[:, 0].clone())
+        if (neurons == neurons[:1]).all():
+            return cls("col", neurons[0].clone())
+        return cls("full", neurons.clone())
+
+    def gather(self, table: Tensor, rows: slice) -> Tensor:
+        """``table [N, H]`` rows of the elements in matrix rows ``rows``; broadcastable to ``[r, C, H]``."""
+        if self.along == "row":
+            return table[self.ids[rows]].unsqueeze(1)
+        if self.along == "col":
+            return table[self.ids].unsqueeze(0)
+        return table[self.ids[rows]]
+
+    def pool(self, into: Tensor, values: Tensor, rows: slice) -> Tensor:
+        """``into [N, F]`` plus the sums of ``values [r, C, F]`` per neuron (out of place)."""
+        if self.along == "row":
+            return into.index_add(0, self.ids[rows], values.sum(1))
+        if self.along == "col":
+            return into.index_add(0, self.ids, values.sum(0))
+        return into.index_add(0, self.ids[rows].reshape(-1), values.reshape(-1, values.shape[-1]))
+
+    def to(self, device: torch.device) -> NeuronMap:
+        return NeuronMap(self.along, self.ids.to(device))
+
+
+@dataclass
 class GraphContext:
     """What :class:`NeuralGraphRule` precomputes for one list of parameters (once per architecture).
 
-    ``source``/``target`` per parameter: ``[numel_i]`` neuron ids (int64) of the elements of
-    ``params[i]`` in flat order (for a bias, both are its neuron); ``kind[i]``: the element kind id,
-    an ``int`` when the whole tensor has one kind, else ``[numel_i]``; ``on_edge[i]``: whether the
-    tensor's elements are weights (edges) or neuron parameters (nodes); ``counts [N, 3]``: number of
-    elements pooled into each neuron (in-weights, out-weights, own). ``aggregation`` does the GNN's
-    neighbour reductions. Memory: 16 B per parameter element plus ``O(N)``.
+    Per parameter ``i``: ``source[i]``/``target[i]`` (:class:`NeuronMap`) give the neurons each
+    element connects (for a bias both are its neuron); ``kind[i]`` the element kind id, an ``int``
+    when the whole tensor has one kind, else ``[R, C]``; ``on_edge[i]`` whether the elements are
+    weights (edges) or neuron parameters (nodes). ``counts [N, 3]``: number of elements pooled into
+    each neuron (in-weights, out-weights, own). ``aggregation`` does the GNN's neighbour reductions.
+    Memory: ``O(R + C)`` per weight matrix or convolution, ``O(N)`` for the graph.
     """
 
     graph: NeuralGraph
     aggregation: NeighbourAggregation
-    source: list[Tensor]
-    target: list[Tensor]
+    source: list[NeuronMap]
+    target: list[NeuronMap]
     kind: list[Tensor | int]
     on_edge: list[bool]
     counts: Tensor
@@ -190,6 +231,7 @@ class NeuralGraphRule(UpdateRule):
         for shape in graph.param_shapes:
             offsets.append(offsets[-1] + int(torch.Size(shape).numel()))
         spans = [slice(offsets[k], offsets[k + 1]) for k in position]
+        shapes = [F.matrix_shape(graph.param_shapes[k]) for k in position]
         on_edge = [bool(kind[s][0] >= _NODE_KINDS) for s in spans]  # a tensor is all weights or all node values
         counts = torch.zeros(graph.num_nodes, 3)
         for span, edge in zip(spans, on_edge):
@@ -199,13 +241,14 @@ class NeuralGraphRule(UpdateRule):
                 counts[:, 1].index_add_(0, source[span], ones)
             else:
                 counts[:, 2].index_add_(0, source[span], ones)
-        kinds = [kind[s] if len(kind[s].unique()) > 1 else int(kind[s][0]) for s in spans]
+        kinds = [kind[s].view(shape) if len(kind[s].unique()) > 1 else int(kind[s][0])
+                 for s, shape in zip(spans, shapes)]
         depth = graph.node_depth.clamp(max=self.max_depth)
         return GraphContext(
             graph=graph,
             aggregation=NeighbourAggregation(graph).to(device),
-            source=[source[s].to(device) for s in spans],
-            target=[target[s].to(device) for s in spans],
+            source=[NeuronMap.of(source[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
+            target=[NeuronMap.of(target[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
             kind=[k if isinstance(k, int) else k.to(device) for k in kinds],
             on_edge=on_edge,
             counts=counts.clamp(min=1).to(device),
@@ -239,13 +282,14 @@ class NeuralGraphRule(UpdateRule):
                                              for _ in range(3))
         for i, (p, g) in enumerate(zip(params, grads)):
             stats = F.tensor_stats(new_state, i)
-            for start, stop, feats in F.compact_features(p, g, stats, self.chunk_size):
-                feats = feats.to(dtype)
+            cols = F.matrix_shape(p.shape)[1]
+            for rows, feats in _row_blocks(p, g, stats, self.chunk_size):
+                feats = feats.to(dtype).reshape(-1, cols, n_feat)
                 if context.on_edge[i]:
-                    pooled_in = pooled_in.index_add(0, context.target[i][start:stop], feats)
-                    pooled_out = pooled_out.index_add(0, context.source[i][start:stop], feats)
+                    pooled_in = context.target[i].pool(pooled_in, feats, rows)
+                    pooled_out = context.source[i].pool(pooled_out, feats, rows)
                 else:
-                    pooled_own = pooled_own.index_add(0, context.source[i][start:stop], feats)
+                    pooled_own = context.source[i].pool(pooled_own, feats, rows)
         pooled = torch.cat([pooled_in, pooled_out, pooled_own], dim=1) / context.counts.repeat_interleave(n_feat, 1)
         x = self.node_in(torch.cat([pooled, time.expand(pooled.shape[0], -1)], dim=1))
         x = x + self.role(context.node_role) + self.activation(context.node_activation) + self.depth(context.node_depth)
@@ -258,17 +302,25 @@ class NeuralGraphRule(UpdateRule):
         for i, (p, g) in enumerate(zip(params, grads)):
             stats = F.tensor_stats(new_state, i)
             mom, rms = stats.mom[0].reshape(-1), stats.rms.reshape(-1)
+            cols = F.matrix_shape(p.shape)[1]
             kind = context.kind[i]
-            uniform_bias = time_bias + self.kind.weight[kind] if isinstance(kind, int) else time_bias
             pieces = []
-            for start, stop, feats in F.compact_features(p, g, stats, self.chunk_size):
-                hidden = torch.addmm(uniform_bias, feats.to(dtype), self.head_in.weight.T)
-                hidden = hidden + at_source[context.source[i][start:stop]] + at_target[context.target[i][start:stop]]
-                if not isinstance(kind, int):
-                    hidden = hidden + self.kind(kind[start:stop])
+            for rows, feats in _row_blocks(p, g, stats, self.chunk_size):
+                kind_bias = self.kind.weight[kind] if isinstance(kind, int) else self.kind(kind[rows])
+                ctx = context.source[i].gather(at_source, rows) + context.target[i].gather(at_target, rows)
+                ctx = (ctx + kind_bias + time_bias).expand(rows.stop - rows.start, cols, -1).reshape(len(feats), -1)
+                hidden = torch.addmm(ctx, feats.to(dtype), self.head_in.weight.T)
                 out = self.head_out(torch.nn.functional.silu(hidden))
-                adam = F.adam_direction(mom[start:stop], rms[start:stop], step, self.decays)
+                span = slice(rows.start * cols, rows.stop * cols)
+                adam = F.adam_direction(mom[span], rms[span], step, self.decays)
                 pieces.append(F.direction_magnitude_update(out, adam, self.step_mult, self.exp_mult, self.skip))
             update = torch.cat(pieces) if pieces else p.new_zeros(0, dtype=stats.rms.dtype)
             updates.append(update.reshape(p.shape))
         return updates, new_state
+
+
+def _row_blocks(param: Tensor, grad: Tensor, stats: F.TensorStats, chunk_size: int):
+    """:func:`l2o.features.compact_features` blocks as ``(matrix rows, features [r * C, 9])``."""
+    cols = F.matrix_shape(param.shape)[1]
+    for start, stop, feats in F.compact_features(param, grad, stats, chunk_size):
+        yield slice(start // cols, stop // cols), feats
