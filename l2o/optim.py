@@ -33,9 +33,10 @@ from l2o.rule import UpdateRule
 
 __all__ = ["DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "neural-graph"
-"""The rule used when ``rule=None``: :class:`~l2o.graph_rule.NeuralGraphRule` (see its documented
-initialisation, equal to ``Adam(lr=1e-3)`` at ``lr=1`` until a meta-trained rule ships)."""
+DEFAULT_RULE = "neural-graph-v1"
+"""The rule used when ``rule=None``: the shipped, meta-trained :class:`~l2o.graph_rule.NeuralGraphRule`
+(``l2o/pretrained/neural-graph-v1``, recipe ``l2o/meta/configs/shipped_neural_graph.yaml``).
+``rule="neural-graph"`` gives the untrained rule, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
 
 
 def _is_per_param(value: Any, n: int) -> bool:

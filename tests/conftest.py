@@ -1,25 +1,17 @@
-"""Settings shared by every test: offline Hugging Face, one intra-op thread.
+"""Settings shared by every test: offline Hugging Face and a single intra-op thread.
 
-The tests use tiny tensors; on a busy 2-core machine intra-op threads make them 10-40x slower
-(OpenMP threads wait for each other), so each test module runs single-threaded and restores the
-thread count afterwards. No test may touch the network.
+The tests use tiny tensors: on a busy 2-core machine, intra-op threads mostly wait for each other
+(10-40x slower). A single thread from the start also keeps the OpenMP pool from ever holding
+several threads, which a forked child (the multi-process tests fork) could deadlock on.
+No test may touch the network.
 """
 
-from __future__ import annotations
-
 import os
-from collections.abc import Iterator
 
-import pytest
-import torch
-
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+import torch  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+torch.set_num_threads(1)

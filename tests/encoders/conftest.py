@@ -60,16 +60,6 @@ def batch_of(*graphs: NeuralGraph) -> Batch:
     return Batch.from_data_list([g.to_pyg() for g in graphs])
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny graphs gain nothing from intra-op threads, and on a busy 2-core machine thread
-    hand-offs make each op ~100x slower; encoder test modules use this via ``pytestmark``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def graphs() -> dict[str, NeuralGraph]:
     """One neural graph per test network, all with the shared layout."""

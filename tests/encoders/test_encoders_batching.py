@@ -8,8 +8,6 @@ import torch
 from encoders import unbatch_features
 from tests.encoders.conftest import EDGE_FEATURES, HIDDEN, NODE_FEATURES, EncoderWithHeads, batch_of, make_encoder
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 MIXED = ["mlp", "cnn_mixed_kernels", "resnet", "transformer", "siren", "cnn_flatten", "scaled_mlp"]
 
 

@@ -17,8 +17,6 @@ from encoders import (
 )
 from tests.encoders.conftest import batch_of, make_encoder
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SIZES = {"node_features": 3, "edge_features": 75}
 
 

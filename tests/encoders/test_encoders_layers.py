@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from torch_geometric.utils import scatter
 
 from encoders.layers import FiLMPNAConv, RelationalAttention
 from encoders.layers.relational_attention import BACKWARD, FORWARD, SELF, UNLINKED
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_dag(num_nodes: int, num_edges: int, gen: torch.Generator) -> torch.Tensor:

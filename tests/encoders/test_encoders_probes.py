@@ -13,8 +13,6 @@ from encoders.probes import ProbeFeatures, layer_activations
 from encoders.symmetry import equivariance_error, random_hidden_permutation
 from tests.encoders.networks import Sine
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def sirens(count: int) -> list[nn.Sequential]:
     torch.manual_seed(0)

@@ -15,8 +15,6 @@ from encoders import NeuralGraph, Role
 from encoders.symmetry import equivariance_error, random_hidden_permutation
 from tests.encoders.conftest import EncoderWithHeads
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SYMMETRY_NETWORKS = ["mlp", "siren", "cnn_mixed_kernels", "resnet", "transformer"]
 
 

@@ -68,7 +68,8 @@ def test_update_uses_graph_context():
 def test_initial_rule_is_adam():
     model, example = build("resnet")
     twin = copy.deepcopy(model)
-    opt, adam = NeuralGraphOpt(model.parameters(), model=model), torch.optim.Adam(twin.parameters(), lr=1e-3)
+    opt = NeuralGraphOpt(model.parameters(), model=model, rule="neural-graph")
+    adam = torch.optim.Adam(twin.parameters(), lr=1e-3)
     for _ in range(5):
         for m, o in ((model, opt), (twin, adam)):
             o.zero_grad()

@@ -1,0 +1,40 @@
+"""The shipped rules load, are the optimizer's default, and carry their recipe and curves."""
+
+import pytest
+import torch
+
+from l2o import FFRule, NeuralGraphOpt, NeuralGraphRule, from_pretrained
+from l2o.hub import PRETRAINED_DIR, RULES
+from l2o.meta.config import load_config
+from l2o.optim import DEFAULT_RULE
+from tests.encoders.networks import build
+
+
+@pytest.mark.parametrize("name, cls", [("neural-graph-v1", NeuralGraphRule), ("ff-v1", FFRule)])
+def test_shipped_rule_loads_with_its_recipe(name, cls):
+    rule = from_pretrained(name)
+    assert isinstance(rule, cls)
+    assert any(p.abs().sum() > 0 for n, p in rule.named_parameters() if "head_out" in n or "mlp.4" in n), \
+        "the shipped rule should be meta-trained, not the zero-initialised head"
+    folder = PRETRAINED_DIR / name
+    recipe = load_config(folder / "recipe.yaml")
+    assert RULES[recipe.rule.name] is cls
+    assert (folder / "meta_training.png").stat().st_size > 0 and (folder / "metrics.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet", "transformer"])
+def test_default_optimizer_uses_the_shipped_rule_and_trains(name):
+    assert DEFAULT_RULE == "neural-graph-v1"
+    model, example = build(name)
+    model.train()
+    opt = NeuralGraphOpt(model.parameters(), model=model)
+    assert isinstance(opt.rule, NeuralGraphRule)
+    target = torch.randn_like(model(example).float())
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = (model(example).float() - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
