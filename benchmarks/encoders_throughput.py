@@ -33,6 +33,7 @@ from torch_geometric.data import Batch  # noqa: E402
 
 from benchmarks.common import command_line, free_cores, write_results  # noqa: E402
 from encoders import NGGNN, NeuralGraph, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms  # noqa: E402
+from encoders.zoo.siren import Sine  # noqa: E402
 
 # (name, encoder class, config options): hidden 32, 4 layers, as the reference figures
 ENCODERS = {
@@ -43,11 +44,6 @@ ENCODERS = {
 }
 # reference implementation, 2-core CPU, batch 128 of 2-32-32-1 SIRENs (REFERENCES.md section 2)
 REFERENCE = {"NG-GNN": {"graphs_per_s": 14.0, "peak_mb": 2750.0}, "NG-T": {"graphs_per_s": 4.7, "peak_mb": 13800.0}}
-
-
-class Sine(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(30.0 * x)
 
 
 def siren() -> nn.Module:

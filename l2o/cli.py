@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     from l2o.meta.cli import add_parser as add_meta_train
 
     add_meta_train(sub)
+    from encoders.zoo.cli import add_parser as add_zoo
+
+    add_zoo(sub)
     sub.add_parser("bench", help="run the benchmark suite: l2o bench [parts] [--quick] (see l2o bench --help)")
     return parser
 

@@ -11,16 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-
-class Sine(nn.Module):
-    """SIREN activation ``sin(w0 * x)``."""
-
-    def __init__(self, w0: float = 30.0) -> None:
-        super().__init__()
-        self.w0 = w0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w0 * x)
+from encoders.zoo.siren import Sine
 
 
 class ResidualConv(nn.Module):

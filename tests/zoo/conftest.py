@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from encoders.data import load_digits
-from encoders.zoo import InrConfig, Zoo, make_inr_zoo
+from encoders.zoo import InrConfig, Zoo, load_zoo, make_inr_zoo
 
 FAST = InrConfig(steps=60, compile=False)  # eager: no compilation in tests
 
@@ -29,6 +29,4 @@ def inr_zoo_dir(tmp_path_factory: pytest.TempPathFactory, digits: tuple[torch.Te
 
 @pytest.fixture
 def inr_zoo(inr_zoo_dir: Path) -> Zoo:
-    from encoders.zoo import load_zoo
-
     return load_zoo(inr_zoo_dir)

@@ -14,10 +14,6 @@ from tests.zoo.conftest import FAST
 Digits = tuple[torch.Tensor, torch.Tensor]
 
 
-def _weights(zoo: Zoo) -> dict[str, torch.Tensor]:
-    return zoo.stacked_params()
-
-
 def test_records_columns_and_modules(inr_zoo: Zoo, digits: Digits) -> None:
     images, labels = digits
     data = inr_zoo.dataset
@@ -73,24 +69,24 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     monkeypatch.setattr(SirenFitter, "fit", real_fit)
     resumed = make_inr_zoo(path, digits, config=FAST, shard_size=5, progress=False)
     assert len(resumed) == 12 and resumed.dataset["image_index"] == list(range(12))  # no duplicates, in order
-    for key, value in _weights(inr_zoo).items():
-        assert torch.equal(_weights(resumed)[key], value)
+    for key, value in inr_zoo.stacked_params().items():
+        assert torch.equal(resumed.stacked_params()[key], value)
     assert resumed.dataset["psnr"] == inr_zoo.dataset["psnr"]
 
 
 def test_same_seed_same_zoo_other_seed_other_zoo(tmp_path: Path, digits: Digits, inr_zoo: Zoo) -> None:
     again = make_inr_zoo(tmp_path / "again", digits, config=FAST, shard_size=12, progress=False)
     other = make_inr_zoo(tmp_path / "other", digits, config=FAST, seed=1, limit=3, progress=False)
-    assert torch.equal(_weights(again)["layers.1.weight"], _weights(inr_zoo)["layers.1.weight"])
-    assert not torch.equal(_weights(other)["layers.1.weight"], _weights(inr_zoo)["layers.1.weight"][:3])
+    assert torch.equal(again.stacked_params()["layers.1.weight"], inr_zoo.stacked_params()["layers.1.weight"])
+    assert not torch.equal(other.stacked_params()["layers.1.weight"], inr_zoo.stacked_params()["layers.1.weight"][:3])
 
 
 def test_two_worker_processes_give_the_same_zoo(tmp_path: Path, digits: Digits, inr_zoo: Zoo) -> None:
     config = InrConfig(steps=60, batch_size=4, compile=False)
     single = make_inr_zoo(tmp_path / "one", digits, config=config, limit=8, progress=False)
     double = make_inr_zoo(tmp_path / "two", digits, config=config, limit=8, workers=2, progress=False)
-    for key, value in _weights(single).items():
-        assert torch.equal(_weights(double)[key], value)
+    for key, value in single.stacked_params().items():
+        assert torch.equal(double.stacked_params()[key], value)
 
 
 def test_rerun_with_other_settings_is_refused(inr_zoo_dir: Path, digits: Digits) -> None:

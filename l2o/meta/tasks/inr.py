@@ -10,22 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from encoders.zoo.siren import Sine
 from l2o.meta.seeding import derive_seed
 from l2o.meta.tasks.base import Batch, Task, TaskFamily, seeded
 from l2o.meta.tasks.image_data import load_image_data
 
 __all__ = ["INRFamily", "INRTask", "Sine", "siren"]
-
-
-class Sine(nn.Module):
-    """``sin(w0 * x)``."""
-
-    def __init__(self, w0: float = 30.0) -> None:
-        super().__init__()
-        self.w0 = w0
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.sin(self.w0 * x)
 
 
 def siren(in_features: int, hidden: int, depth: int, out_features: int, w0: float = 30.0) -> nn.Sequential:

@@ -1,0 +1,46 @@
+"""Smoke tests of the benchmark code paths at tiny sizes (the figures come from full runs)."""
+
+import math
+
+import pytest
+from torch import nn
+
+from benchmarks import l2o_quality, step_overhead
+from benchmarks.__main__ import available
+from benchmarks.common import free_cores, machine_info
+
+
+@pytest.mark.parametrize("optimizer", step_overhead.OPTIMIZERS)
+def test_step_overhead_measures_every_optimizer(optimizer):
+    def tiny():
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        import torch
+
+        return model, torch.randn(4, 6)
+
+    result = step_overhead.measure(tiny, optimizer, repeats=1)
+    assert result["params"] == 6 * 5 + 5 + 5 * 3 + 3
+    assert result["step_s"] > 0 and result["forward_backward_s"] > 0
+    expected_state = 8 if optimizer in ("Adam", "AdamW") else 16
+    assert result["state_bytes_per_param"] >= expected_state
+
+
+def test_l2o_quality_run_and_summary():
+    runs = [l2o_quality.run("cnn-digits", spec, 0, 40, None)
+            for spec in (("NeuralGraphOpt", 1.0), ("FF", 1.0), ("Adam", 1e-3), ("Adam", 1e-2))]
+    assert all(len(r["train"]) == 40 // l2o_quality.SMOOTH and len(r["test"]) == 10 for r in runs)
+    rows, best_lr, speedup = l2o_quality.summarize(runs, ["cnn-digits"], 40)
+    assert best_lr["cnn-digits"] in (1e-3, 1e-2) and {r["optimizer"] for r in rows} >= {"NeuralGraphOpt", "FF"}
+    assert speedup["cnn-digits"] == math.inf or speedup["cnn-digits"] > 0
+    assert "speedup" in l2o_quality.table(rows, speedup)
+
+
+def test_steps_to_reach():
+    assert l2o_quality.steps_to_reach([3.0, 2.0, 1.0], 2.5) == 2 * l2o_quality.SMOOTH
+    assert l2o_quality.steps_to_reach([3.0, 2.0], 0.5) == math.inf
+
+
+def test_suite_lists_its_parts_and_describes_the_machine():
+    assert {"step_overhead", "l2o_quality", "encoders_throughput"} <= set(available())
+    info = machine_info()
+    assert info["cores"] >= 1 and "torch" in info and 1 <= free_cores() <= info["cores"]
