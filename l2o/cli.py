@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     from encoders.zoo.cli import add_parser as add_zoo
 
     add_zoo(sub)
+    from encoders.tasks.cli import add_parser as add_fit
+
+    add_fit(sub)
     sub.add_parser("bench", help="run the benchmark suite: l2o bench [parts] [--quick] (see l2o bench --help)")
     return parser
 

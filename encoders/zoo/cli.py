@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("out", help="zoo folder (rerun with the same arguments to resume)")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--limit", type=int, default=None, help="use only the first LIMIT images")
+    common.add_argument("--limit", type=int, default=None, help="use LIMIT images (offline: a fixed random subset)")
     common.add_argument("--split-fractions", nargs="+", type=_fraction, metavar="NAME=FRACTION",
                         default=[("train", 0.8), ("val", 0.1), ("test", 0.1)])
     common.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")

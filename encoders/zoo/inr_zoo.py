@@ -59,7 +59,7 @@ def make_inr_zoo(
             :func:`~encoders.zoo.images.load_images` (``"mnist5k"``, ``"digits"``, ``"mnist"``, ...).
         config: SIREN architecture and fitting settings (default: DWSNets conventions, 80 Adam steps).
         image_split: split of a Hugging Face source to read.
-        limit: use only the first ``limit`` images.
+        limit: use ``limit`` images (see :func:`~encoders.zoo.images.load_images`).
         copies: SIRENs per image, each from its own seed.
         seed: master seed; SIREN ``(image i, copy c)`` starts from ``derive_seed(seed, i, c)``.
         split_fractions: train/val/test fractions, drawn by image (all copies of an image share a split).

@@ -13,6 +13,7 @@ from encoders.data import load_digits, train_test_split
 from encoders.zoo import Residual, Zoo, build_cnn, load_zoo, make_cnn_zoo, sample_cnn_spec, train_cnn
 from encoders.zoo.cnn_train import TrainHparams, evaluate
 from encoders.zoo.cnn_zoo import _train_job
+from encoders.zoo.images import load_images
 
 SMALL = {"architectures": 3, "models_per_arch": 2, "checkpoints": (0, 1), "limit": 200, "shard_size": 2,
          "split_fractions": {"train": 1 / 3, "val": 1 / 3, "test": 1 / 3}, "progress": False}
@@ -83,8 +84,8 @@ def test_zoo_records_splits_and_accuracies(cnn_zoo: Zoo) -> None:
     for arch, split in zip(data["arch_id"], data["split"]):
         assert split_of.setdefault(arch, split) == split  # split by architecture
     assert sorted(split_of.values()) == ["test", "train", "val"]
-    images, labels = load_digits()
-    _, (x_test, y_test) = train_test_split(images[:200], labels[:200], 0.2, 0)
+    images, labels = load_images("digits", "train", 200)  # the zoo's data: the same 200 images
+    _, (x_test, y_test) = train_test_split(images, labels, 0.2, 0)
     i = data["epoch"].index(1)
     model = cnn_zoo.module(i)
     assert model.training is False

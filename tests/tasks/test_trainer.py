@@ -1,0 +1,61 @@
+"""The shared trainer: results, checkpoints that resume exactly, refusal of foreign checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from encoders.tasks import FitConfig, fit
+from encoders.tasks.cli import add_parser
+
+CONFIG = {"hidden": 8, "layers": 1, "batch_size": 16}
+
+
+def test_resume_equals_uninterrupted(tasks: dict, tmp_path) -> None:
+    task = tasks["generalization"]
+    full = fit(task, "deepsets", config=FitConfig(epochs=3, patience=99, **CONFIG), progress=False)
+    fit(task, "deepsets", config=FitConfig(epochs=3, patience=99, **CONFIG), out=tmp_path, progress=False)
+    # a second call finds the finished checkpoint and only re-scores
+    resumed = fit(task, "deepsets", config=FitConfig(epochs=3, patience=99, **CONFIG), out=tmp_path, progress=False)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]  # val tau may be NaN
+    assert json.loads((tmp_path / "results.json").read_text())["test_kendall_tau"] == pytest.approx(
+        full["test_kendall_tau"], nan_ok=True)
+
+
+def test_interrupted_run_resumes(tasks: dict, tmp_path) -> None:
+    task = tasks["inr-classify"]
+    full = fit(task, "mlp", config=FitConfig(epochs=3, patience=99, **CONFIG), progress=False)
+    first = fit(task, "mlp", config=FitConfig(epochs=2, patience=99, **CONFIG), out=tmp_path, progress=False)
+    resumed = fit(task, "mlp", config=FitConfig(epochs=3, patience=99, **CONFIG), out=tmp_path, progress=False)
+    assert first["history"] == full["history"][:2]
+    assert resumed["history"] == full["history"]
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_foreign_checkpoint_refused(tasks: dict, tmp_path) -> None:
+    task = tasks["inr-classify"]
+    fit(task, "mlp", config=FitConfig(epochs=1, **CONFIG), out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        fit(task, "mlp", config=FitConfig(epochs=1, lr=0.1, **CONFIG), out=tmp_path, progress=False)
+    fit(task, "mlp", config=FitConfig(epochs=1, lr=0.1, **CONFIG), out=tmp_path, resume=False, progress=False)
+
+
+def test_early_stopping(tasks: dict) -> None:
+    result = fit(tasks["inr-classify"], "mlp", config=FitConfig(epochs=50, patience=2, lr=0.0, **CONFIG),
+                 progress=False)
+    assert result["epochs"] == 3 and result["best_epoch"] == 1
+
+
+def test_cli(inr_zoo_dir, tmp_path) -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["fit", "inr-classify", "--zoo", str(inr_zoo_dir), "--encoder", "ng-gnn",
+                              "--epochs", "1", "--hidden", "8", "--layers", "1", "--out", str(tmp_path),
+                              "--no-progress"])
+    assert args.handler(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["task"] == "inr-classify" and results["encoder"] == "ng-gnn" and results["epochs"] == 1
+
