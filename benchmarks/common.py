@@ -83,9 +83,11 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Call
 
 
 def write_results(out: Path, name: str, record: dict[str, Any], markdown: str) -> None:
-    """Write ``name.json`` (``record`` plus machine and command) and ``name.md``; print the table."""
+    """Write ``name.json`` (``record`` plus machine and command, unless it has them) and ``name.md``;
+    print the table."""
     out.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "command": command_line(), "machine": machine_info(), **record}
+    record = {"benchmark": name, "command": command_line(), "machine": machine_info(), **record}  # a record
+    # rebuilt from saved runs keeps the command and machine that produced them
     (out / f"{name}.json").write_text(json.dumps(record, indent=2))
     header = f"## {name}\n\nCommand: `{record['command']}`  \nMachine: {record['machine']['cpu']}, " \
              f"{record['machine']['cores']} cores, torch {record['machine']['torch']}, {record['machine']['date']}\n\n"
