@@ -8,8 +8,10 @@ Each benchmark writes ``<out>/<name>.json`` (machine, versions, command, seeds, 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import platform
+import queue as queue_module
 import shlex
 import statistics
 import sys
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["command_line", "free_cores", "machine_info", "median_time", "write_results"]
+__all__ = ["command_line", "free_cores", "machine_info", "median_time", "run_isolated", "write_results"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -80,6 +82,31 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Call
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _isolated_child(fn: Callable[..., Any], args: tuple, threads: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
+    queue.put(fn(*args))
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, threads: int) -> Any:
+    """``fn(*args)`` in a fresh spawned process with ``threads`` torch threads, so that memory
+    high-water marks and caches are its own. ``fn`` must be a module-level function."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_isolated_child, args=(fn, args, threads, queue))
+    proc.start()
+    while True:  # read before join (a large result blocks the child until read); stop if it died
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(
+                    f"benchmark {getattr(fn, '__name__', fn)}{args} failed with exit code {proc.exitcode}"
+                ) from None
+    proc.join()
+    return result
 
 
 def write_results(out: Path, name: str, record: dict[str, Any], markdown: str) -> None:

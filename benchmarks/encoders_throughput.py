@@ -17,7 +17,6 @@ Writes ``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import statistics
 import time
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
 
-from benchmarks.common import command_line, free_cores, write_results  # noqa: E402
+from benchmarks.common import command_line, free_cores, run_isolated, write_results  # noqa: E402
 from encoders import NGGNN, NeuralGraph, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms  # noqa: E402
 from encoders.zoo.siren import Sine  # noqa: E402
 
@@ -68,10 +67,8 @@ def make_graphs(workload: str, batch: int) -> list[NeuralGraph]:
     return [NeuralGraph.from_module(small_cnn(gen), kernel_grid=(5, 5)) for _ in range(batch)]
 
 
-def measure(encoder: str, workload: str, device: str, batch: int, repeats: int, threads: int,
-            queue: mp.Queue) -> None:
-    """Runs in a child process; puts one result dict on ``queue``."""
-    torch.set_num_threads(threads)
+def measure(encoder: str, workload: str, device: str, batch: int, repeats: int) -> dict:
+    """Forward+backward throughput and peak memory of one encoder; run it in a fresh process."""
     torch.manual_seed(0)
     graphs = make_graphs(workload, batch)
     data = Batch.from_data_list([g.to_pyg() for g in graphs]).to(device)
@@ -99,22 +96,11 @@ def measure(encoder: str, workload: str, device: str, batch: int, repeats: int, 
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else (rss_peak - rss_ready) / 1024
     median = statistics.median(times)
-    queue.put({
+    return {
         "encoder": encoder, "workload": workload, "device": device, "batch": batch, "repeats": repeats,
         "nodes": data.num_nodes, "edges": data.num_edges, "params": sum(p.numel() for p in model.parameters()),
         "median_s": median, "graphs_per_s": batch / median, "peak_mb": peak_mb, "process_peak_mb": rss_peak / 1024,
-    })
-
-
-def run_isolated(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(*args, queue))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"benchmark {args} failed with exit code {proc.exitcode}")
-    return queue.get()
+    }
 
 
 def markdown(results: list[dict]) -> str:
@@ -178,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         for workload in workloads:
             for encoder in args.encoders:
-                r = run_isolated(encoder, workload, device, batch, repeats, args.threads)
+                r = run_isolated(measure, encoder, workload, device, batch, repeats, threads=args.threads)
                 results.append(r)
                 print(f"{encoder:13s} {workload:6s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} s/batch, "
                       f"{r['graphs_per_s']:8.1f} graphs/s, peak {r['peak_mb']:7.0f} MB", flush=True)

@@ -14,7 +14,6 @@ plot). Ratios against Adam come from the same run. Timings are printed, never as
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from benchmarks.common import free_cores, median_time, write_results
+from benchmarks.common import free_cores, median_time, run_isolated, write_results
 
 BATCH = 128
 
@@ -107,22 +106,10 @@ def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: s
     }
 
 
-def _worker(model_key: tuple[str, int], optimizer: str, repeats: int, threads: int, queue: mp.Queue) -> None:
-    torch.set_num_threads(threads)
+def measure_keyed(model_key: tuple[str, int], optimizer: str, repeats: int) -> dict[str, float]:
+    """:func:`measure` on a reference model (``(name, 0)``) or an MLP of width ``w`` (``("mlp", w)``)."""
     kind, width = model_key
-    model_fn = MODELS[kind] if kind in MODELS else (lambda: mlp(width))
-    queue.put(measure(model_fn, optimizer, repeats))
-
-
-def isolated(model_key: tuple[str, int], optimizer: str, repeats: int, threads: int) -> dict[str, float]:
-    """Run :func:`measure` in a fresh process, so memory high-water marks are its own."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(model_key, optimizer, repeats, threads, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return measure(MODELS[kind] if kind in MODELS else (lambda: mlp(width)), optimizer, repeats)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -175,14 +162,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows = []
     for model in tqdm(models, desc="reference models"):
-        results = {opt: isolated((model, 0), opt, repeats, threads) for opt in OPTIMIZERS}
+        results = {opt: run_isolated(measure_keyed, (model, 0), opt, repeats, threads=threads) for opt in OPTIMIZERS}
         for opt, r in results.items():
             rows.append({"model": model, "optimizer": opt, **r, "vs_adam": r["step_s"] / results["Adam"]["step_s"],
                          "vs_ff": r["step_s"] / results["FF"]["step_s"]})
     points = []
     for width in tqdm(widths, desc="scaling"):
         for opt in ("Adam", "FF", "NeuralGraphOpt"):
-            points.append({"width": width, "optimizer": opt, **isolated(("mlp", width), opt, repeats, threads)})
+            result = run_isolated(measure_keyed, ("mlp", width), opt, repeats, threads=threads)
+            points.append({"width": width, "optimizer": opt, **result})
     args.out.mkdir(parents=True, exist_ok=True)
     scaling_plot(points, args.out / "step_scaling.png")
     scale_lines = ["| params | " + " | ".join(f"{o} step ms" for o in ("Adam", "FF", "NeuralGraphOpt")) + " |",

@@ -5,22 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from encoders.tasks import make_task
 from encoders.zoo.cnn_zoo import make_cnn_zoo
 from encoders.zoo.inr_fit import InrConfig
 from encoders.zoo.inr_zoo import make_inr_zoo
 from encoders.zoo.zoo import Zoo, load_zoo
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
