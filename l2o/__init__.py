@@ -1,7 +1,7 @@
 """l2o: learned optimization with neural graphs."""
 
 from l2o.ff import FFRule
-from l2o.functional import learned_step
+from l2o.functional import learned_step, learned_step_
 from l2o.graph_rule import NeuralGraphRule
 from l2o.hub import from_pretrained, register_rule, save_pretrained
 from l2o.optim import NeuralGraphOpt
@@ -14,6 +14,7 @@ __all__ = [
     "UpdateRule",
     "from_pretrained",
     "learned_step",
+    "learned_step_",
     "register_rule",
     "save_pretrained",
 ]

@@ -66,6 +66,7 @@ __all__ = [
     "TIMESCALES",
     "Decays",
     "TensorStats",
+    "adam_corrections",
     "adam_direction",
     "element_features",
     "feature_chunks",
@@ -76,6 +77,7 @@ __all__ = [
     "update_stats",
     "COMPACT_FEATURE_NAMES",
     "compact_features",
+    "compact_scales",
     "direction_magnitude_update",
 ]
 
@@ -189,16 +191,20 @@ def update_stats(
     grads: Sequence[Tensor],
     state: dict[str, Any],
     decays: Decays = DEFAULT_DECAYS,
+    inplace: bool = False,
 ) -> dict[str, Any]:
     """Advance the statistics by one step with ``grads`` (one per parameter, same shapes).
 
     ``params`` only fix the matrix view. Returns a new state (same structure as ``state``, step
-    + 1); ``state`` is not modified. Extra keys of ``state`` are carried over unchanged.
+    + 1); ``state`` is not modified. Extra keys of ``state`` are carried over unchanged. With
+    ``inplace`` (no autograd; for ``NeuralGraphOpt.step``) the statistic tensors of ``state`` are
+    advanced in place and reused, bit-identical to the pure version, which saves their 16 B/element.
     """
     if not (len(params) == len(grads) == len(state["mom"])):
         raise ValueError(f"got {len(params)} parameters, {len(grads)} gradients and statistics for {len(state['mom'])}")
     new = dict(state, step=state["step"] + 1, mom=[], rms=[], row=[], col=[])
     rates: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+    lerp = torch.Tensor.lerp_ if inplace else torch.lerp
     for i, (p, g) in enumerate(zip(params, grads)):
         old = tensor_stats(state, i)
         g32 = g.to(old.rms.dtype)
@@ -207,15 +213,15 @@ def update_stats(
             rates[key] = tuple(_rates(d, g32) for d in decays)
         mom_rate, rms_rate, fac_rate = rates[key]
         g_sq = g32 * g32
-        new["mom"].append(torch.lerp(old.mom, g32.unsqueeze(0), mom_rate.reshape(3, *([1] * g.ndim))))
-        new["rms"].append(torch.lerp(old.rms, g_sq, rms_rate.reshape(())))
+        new["mom"].append(lerp(old.mom, g32.unsqueeze(0), mom_rate.reshape(3, *([1] * g.ndim))))
+        new["rms"].append(lerp(old.rms, g_sq, rms_rate.reshape(())))
         n_rows, n_cols = matrix_shape(p.shape)
         g_sq = g_sq.reshape(n_rows, n_cols)
         row_mean = g_sq.sum(dim=1) / max(n_cols, 1) + _FACTORED_EPS  # sum / n: no NaN for empty tensors
         col_mean = g_sq.sum(dim=0) / max(n_rows, 1) + _FACTORED_EPS
         fac_rate = fac_rate.reshape(3, 1)
-        new["row"].append(torch.lerp(old.row, row_mean.unsqueeze(0), fac_rate))
-        new["col"].append(torch.lerp(old.col, col_mean.unsqueeze(0), fac_rate))
+        new["row"].append(lerp(old.row, row_mean.unsqueeze(0), fac_rate))
+        new["col"].append(lerp(old.col, col_mean.unsqueeze(0), fac_rate))
     return new
 
 
@@ -314,8 +320,22 @@ def element_features(
     return out
 
 
+def adam_corrections(step: Tensor, decays: Decays, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Adam's bias corrections ``(1 - beta1**t, sqrt(1 - beta2**t))`` (0-d, dtype/device of ``like``)."""
+    t = step.to(like.dtype)
+    rate1, rate2 = _rates(decays.momentum, like)[0], _rates(decays.rms, like)[0]
+    correction1 = -torch.expm1(t * torch.log1p(-rate1))  # 1 - beta1**t, accurate for beta near 1
+    return correction1, torch.sqrt(-torch.expm1(t * torch.log1p(-rate2)))
+
+
 def adam_direction(
-    mom: Tensor, rms: Tensor, step: Tensor, decays: Decays = DEFAULT_DECAYS, eps: float = 1e-8
+    mom: Tensor,
+    rms: Tensor,
+    step: Tensor,
+    decays: Decays = DEFAULT_DECAYS,
+    eps: float = 1e-8,
+    inplace: bool = False,
+    corrections: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + eps)`` from the first momentum.
 
@@ -323,17 +343,19 @@ def adam_direction(
         mom: first momentum (decay ``decays.momentum[0]``), any shape.
         rms: second moment (decay ``decays.rms``), the same shape.
         step: number of statistic updates so far (>= 1).
+        inplace: reuse the temporaries (no autograd); the same bits, two allocations instead of six.
+        corrections: :func:`adam_corrections` of this step, when the caller computes them once.
 
-    Returns a tensor shaped like ``mom``; with the same decays this is the direction of
+    Returns a new tensor shaped like ``mom``; with the same decays this is the direction of
     ``torch.optim.Adam(betas=(momentum[0], rms), eps=eps)`` (up to float rounding).
     """
-    t = step.to(mom.dtype)
-    rate1, rate2 = _rates(decays.momentum, mom)[0], _rates(decays.rms, mom)[0]
-    correction1 = -torch.expm1(t * torch.log1p(-rate1))  # 1 - beta1**t, accurate for beta near 1
-    correction2 = -torch.expm1(t * torch.log1p(-rate2))
+    correction1, root_correction2 = corrections or adam_corrections(step, decays, mom)
     # clamp: sqrt has an infinite derivative at 0 (elements whose gradient is always 0), which would
     # turn meta-gradients into NaN; 1e-30 is far below eps, so the value is Adam's
-    return (mom / correction1) / (torch.sqrt(rms.clamp(min=1e-30)) / torch.sqrt(correction2) + eps)
+    if inplace:
+        denominator = rms.clamp(min=1e-30).sqrt_().div_(root_correction2).add_(eps)
+        return torch.div(mom, correction1).div_(denominator)
+    return (mom / correction1) / (torch.sqrt(rms.clamp(min=1e-30)) / root_correction2 + eps)
 
 
 COMPACT_FEATURE_NAMES: tuple[str, ...] = (
@@ -342,49 +364,77 @@ COMPACT_FEATURE_NAMES: tuple[str, ...] = (
 """The cheap per-element feature set of graph rules (the time features are per step, not per element)."""
 
 
-def compact_features(
-    param: Tensor, grad: Tensor, stats: TensorStats, chunk_size: int = 2**16
-) -> Iterator[tuple[int, int, Tensor]]:
-    """A cheap feature set, in blocks of whole matrix rows: ``(start, stop, [stop - start, 9])``.
+def compact_scales(param: Tensor, grad: Tensor, stats: TensorStats) -> Tensor:
+    """``[5]`` inverse root mean squares over the tensor of ``g``, ``p`` and the three momenta
+    (the normalisers of :func:`compact_features`)."""
+    n_rows, n_cols = matrix_shape(param.shape)
+    dtype = stats.rms.dtype
+    norms = [torch.linalg.vector_norm(grad, dtype=dtype), torch.linalg.vector_norm(param, dtype=dtype),
+             *torch.linalg.vector_norm(stats.mom.reshape(3, -1), dim=1)]
+    return torch.stack(norms).square().div(max(n_rows * n_cols, 1)).add(_NORM_EPS).rsqrt()
 
-    Features are stored feature-major (the transpose of a contiguous ``[9, n]`` block).
+
+def compact_features(
+    param: Tensor,
+    grad: Tensor,
+    stats: TensorStats,
+    chunk_size: int = 2**16,
+    inplace: bool = False,
+    scales: Tensor | None = None,
+) -> Iterator[tuple[slice, Tensor]]:
+    """A cheap feature set, in blocks of whole matrix rows: ``(rows, features [9, r, C])``.
+
+    ``rows`` are the block's rows of the matrix view ``[R, C]`` (:func:`matrix_shape`); features
+    are feature-major (contiguous), in the order of :data:`COMPACT_FEATURE_NAMES`.
 
     ``g``, ``p`` and the three momenta are divided by their root mean square over the tensor
-    (computed once, without temporaries); ``m_k / sqrt(v)`` and the Adafactor-normalised gradient
-    are scale-free already; like ``rsqrt(v + EPS)``, the Adafactor estimate gets ``EPS`` added, so
-    gradients that are zero up to rounding (e.g. an attention key bias) give features near 0
-    rather than ``sign(g)``. ``stats`` are the statistics after :func:`update_stats`. About a
-    quarter of the work of :func:`feature_chunks`.
+    (:func:`compact_scales`, computed here unless ``scales`` are given); ``m_k / sqrt(v)`` and the
+    Adafactor-normalised gradient are scale-free already; like ``rsqrt(v + EPS)``, the Adafactor
+    estimate gets ``EPS`` added, so gradients that are zero up to rounding (e.g. an attention key
+    bias) give features near 0 rather than ``sign(g)``. ``stats`` are the statistics after
+    :func:`update_stats`. About a quarter of the work of :func:`feature_chunks`. ``inplace`` (no
+    autograd) writes each block straight into its output buffer: the same bits, a third of the
+    memory traffic.
     """
     n_rows, n_cols = matrix_shape(param.shape)
     if n_rows * n_cols == 0:
         return
     dtype = stats.rms.dtype
+    rms = compact_scales(param, grad, stats) if scales is None else scales
     g_all, p_all = grad.reshape(n_rows, n_cols).to(dtype), param.reshape(n_rows, n_cols).to(dtype)
     m_all = stats.mom.reshape(3, n_rows, n_cols)
-    numel = n_rows * n_cols
-    rms = torch.stack([
-        torch.linalg.vector_norm(g_all), torch.linalg.vector_norm(p_all), *torch.linalg.vector_norm(m_all, dim=(1, 2))
-    ]).square().div(numel).add(_NORM_EPS).rsqrt()
     row_mean = stats.row[0].mean()
     rows_per_chunk = max(1, chunk_size // n_cols)
     for r in range(0, n_rows, rows_per_chunk):
         rows = slice(r, min(r + rows_per_chunk, n_rows))
         g, p, m = g_all[rows], p_all[rows], m_all[:, rows]
-        rsqrt_v = torch.rsqrt(stats.rms.reshape(n_rows, n_cols)[rows] + EPS)
-        rsqrt_vhat = torch.rsqrt(stats.row[0, rows, None] * stats.col[0, None, :] / row_mean + EPS)
-        feats = torch.stack([g * rms[0], p * rms[1], m[0] * rms[2], m[1] * rms[3], m[2] * rms[4],
-                             m[0] * rsqrt_v, m[1] * rsqrt_v, m[2] * rsqrt_v, g * rsqrt_vhat])
-        yield rows.start * n_cols, rows.stop * n_cols, feats.reshape(len(COMPACT_FEATURE_NAMES), -1).T
+        v = stats.rms.reshape(n_rows, n_cols)[rows]
+        vhat = stats.row[0, rows, None] * stats.col[0, None, :]
+        if inplace:
+            rsqrt_v, rsqrt_vhat = torch.add(v, EPS).rsqrt_(), vhat.div_(row_mean).add_(EPS).rsqrt_()
+        else:
+            rsqrt_v, rsqrt_vhat = torch.rsqrt(v + EPS), torch.rsqrt(vhat / row_mean + EPS)
+        factors = [(g, rms[0]), (p, rms[1]), (m[0], rms[2]), (m[1], rms[3]), (m[2], rms[4]),
+                   (m[0], rsqrt_v), (m[1], rsqrt_v), (m[2], rsqrt_v), (g, rsqrt_vhat)]
+        if inplace:
+            feats = g.new_empty(len(factors), *g.shape)
+            for k, (a, b) in enumerate(factors):
+                torch.mul(a, b, out=feats[k])
+        else:
+            feats = torch.stack([a * b for a, b in factors])
+        yield rows, feats
 
 
 def direction_magnitude_update(
-    out: Tensor, adam: Tensor, step_mult: float, exp_mult: float, skip: float
+    d: Tensor, m: Tensor, adam: Tensor, step_mult: float, exp_mult: float, skip: float, inplace: bool = False
 ) -> Tensor:
     """The learned step of Metz et al. with an Adam skip term, shared by every learned rule.
 
-    ``out [n, 2]`` holds the rule's direction ``d`` and magnitude ``m``; ``adam [n]`` is
+    ``d [n]`` and ``m [n]`` are the rule's direction and magnitude outputs; ``adam [n]`` is
     :func:`adam_direction`. Returns ``step_mult * (d + skip * adam) * exp(exp_mult * m)`` ``[n]``.
-    With ``out = 0`` (a zero-initialised last layer) this is ``step_mult * skip * adam``: Adam.
+    With ``d = m = 0`` (a zero-initialised last layer) this is ``step_mult * skip * adam``: Adam.
+    ``inplace`` (no autograd) overwrites ``adam`` and ``m`` and returns ``adam``; the same bits.
     """
-    return step_mult * (out[:, 0] + skip * adam) * torch.exp(exp_mult * out[:, 1])
+    if inplace:
+        return adam.mul_(skip).add_(d).mul_(step_mult).mul_(m.mul_(exp_mult).exp_())
+    return step_mult * (d + skip * adam) * torch.exp(exp_mult * m)

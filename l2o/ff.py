@@ -137,7 +137,8 @@ class FFRule(UpdateRule):
             for start, stop, feats in F.feature_chunks(p, g, stats, step, self.chunk_size):
                 out = self.mlp(feats.to(mlp_dtype))
                 adam = F.adam_direction(mom[start:stop], rms[start:stop], step, decays)
-                pieces.append(F.direction_magnitude_update(out, adam, self.step_mult, self.exp_mult, self.skip))
+                d, m = out.unbind(1)
+                pieces.append(F.direction_magnitude_update(d, m, adam, self.step_mult, self.exp_mult, self.skip))
             if len(pieces) > 1:
                 pieces = [torch.cat(pieces)]
             updates.append(pieces[0].reshape(p.shape) if pieces else torch.zeros_like(stats.rms))

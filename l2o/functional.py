@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.func import functional_call
 
 from l2o.rule import UpdateRule
 
-__all__ = ["learned_step"]
+__all__ = ["learned_step", "learned_step_"]
 
 
 def learned_step(
@@ -55,6 +56,40 @@ def learned_step(
     lrs, wds = _per_parameter(lr, len(params), "lr"), _per_parameter(weight_decay, len(params), "weight_decay")
     new_params = [_apply(p, u, l, w) for p, u, l, w in zip(params, updates, lrs, wds)]
     return new_params, new_state
+
+
+def learned_step_(
+    rule: UpdateRule,
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: dict[str, Any],
+    context: Any = None,
+    *,
+    lr: float | Tensor | Sequence[float | Tensor] = 1.0,
+    weight_decay: float | Tensor | Sequence[float | Tensor] = 0.0,
+    frozen: Sequence[bool] | None = None,
+) -> dict[str, Any]:
+    """:func:`learned_step` in place, as ``torch.optim`` steps are: ``params`` are updated in place
+    block by block (:meth:`~l2o.rule.UpdateRule.stream_updates`) and ``state`` may be advanced in
+    place, so the step's temporary memory stays small. It runs without autograd (meta-training
+    differentiates through :func:`learned_step`). The new parameters are bit-identical to
+    :func:`learned_step`'s.
+
+    ``frozen[i]`` leaves ``params[i]`` untouched (its statistics still advance). Returns the new state.
+    """
+    if len(params) != len(grads):
+        raise ValueError(f"got {len(params)} parameters but {len(grads)} gradients")
+    lrs, wds = _per_parameter(lr, len(params), "lr"), _per_parameter(weight_decay, len(params), "weight_decay")
+    frozen = frozen or [False] * len(params)
+
+    def apply(i: int, rows: slice, update: Tensor) -> None:
+        if frozen[i]:
+            return
+        target = params[i] if params[i].ndim == 0 else params[i][rows]
+        target.copy_(_apply(target, update.view(target.shape), lrs[i], wds[i]))
+
+    with torch.no_grad():
+        return rule.stream_updates(params, grads, state, context, apply)
 
 
 def _apply(param: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float | Tensor) -> Tensor:

@@ -25,7 +25,7 @@ is zero, so ``update = step_mult * skip * adam``: with the defaults, ``Adam(lr=1
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,21 +98,14 @@ class NeuronMap:
             return cls("col", neurons[0].clone())
         return cls("full", neurons.clone())
 
-    def gather(self, table: Tensor, rows: slice) -> Tensor:
-        """``table [N, H]`` rows of the elements in matrix rows ``rows``; broadcastable to ``[r, C, H]``."""
+    def pool(self, into: Tensor, values: Tensor, rows: slice) -> None:
+        """Add the sums per neuron of ``values [F, r, C]`` (matrix rows ``rows``) to ``into [N, F]``, in place."""
         if self.along == "row":
-            return table[self.ids[rows]].unsqueeze(1)
-        if self.along == "col":
-            return table[self.ids].unsqueeze(0)
-        return table[self.ids[rows]]
-
-    def pool(self, into: Tensor, values: Tensor, rows: slice) -> Tensor:
-        """``into [N, F]`` plus the sums of ``values [r, C, F]`` per neuron (out of place)."""
-        if self.along == "row":
-            return into.index_add(0, self.ids[rows], values.sum(1))
-        if self.along == "col":
-            return into.index_add(0, self.ids, values.sum(0))
-        return into.index_add(0, self.ids[rows].reshape(-1), values.reshape(-1, values.shape[-1]))
+            into.index_add_(0, self.ids[rows], values.sum(2).T)
+        elif self.along == "col":
+            into.index_add_(0, self.ids, values.sum(1).T)
+        else:
+            into.index_add_(0, self.ids[rows].reshape(-1), values.reshape(values.shape[0], -1).T)
 
     def to(self, device: torch.device) -> NeuronMap:
         return NeuronMap(self.along, self.ids.to(device))
@@ -123,8 +116,8 @@ class GraphContext:
     """What :class:`NeuralGraphRule` precomputes for one list of parameters (once per architecture).
 
     Per parameter ``i``: ``source[i]``/``target[i]`` (:class:`NeuronMap`) give the neurons each
-    element connects (for a bias both are its neuron); ``kind[i]`` the element kind id, an ``int``
-    when the whole tensor has one kind, else ``[R, C]``; ``on_edge[i]`` whether the elements are
+    element connects (for a bias both are its neuron); ``kind[i]`` (also a :class:`NeuronMap`,
+    into the kind embeddings) the element kind ids; ``on_edge[i]`` whether the elements are
     weights (edges) or neuron parameters (nodes). ``counts [N, 3]``: number of elements pooled into
     each neuron (in-weights, out-weights, own). ``aggregation`` does the GNN's neighbour reductions.
     Memory: ``O(R + C)`` per weight matrix or convolution, ``O(N)`` for the graph.
@@ -134,7 +127,7 @@ class GraphContext:
     aggregation: NeighbourAggregation
     source: list[NeuronMap]
     target: list[NeuronMap]
-    kind: list[Tensor | int]
+    kind: list[NeuronMap]
     on_edge: list[bool]
     counts: Tensor
     node_role: Tensor
@@ -241,15 +234,13 @@ class NeuralGraphRule(UpdateRule):
                 counts[:, 1].index_add_(0, source[span], ones)
             else:
                 counts[:, 2].index_add_(0, source[span], ones)
-        kinds = [kind[s].view(shape) if len(kind[s].unique()) > 1 else int(kind[s][0])
-                 for s, shape in zip(spans, shapes)]
         depth = graph.node_depth.clamp(max=self.max_depth)
         return GraphContext(
             graph=graph,
             aggregation=NeighbourAggregation(graph).to(device),
             source=[NeuronMap.of(source[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
             target=[NeuronMap.of(target[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
-            kind=[k if isinstance(k, int) else k.to(device) for k in kinds],
+            kind=[NeuronMap.of(kind[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
             on_edge=on_edge,
             counts=counts.clamp(min=1).to(device),
             node_role=graph.node_role.to(device),
@@ -267,60 +258,102 @@ class NeuralGraphRule(UpdateRule):
     ) -> tuple[list[Tensor], dict[str, Any]]:
         """``(params, grads, state, context) -> (updates, new_state)``; ``updates[i]`` is shaped like
         ``params[i]`` (float32; float64 for float64 parameters)."""
+        context = self._check_context(params, context)
+        new_state = F.update_stats(params, grads, state, self.decays)
+        pieces: list[list[Tensor]] = [[] for _ in params]
+        for i, _, update in self._update_blocks(params, grads, new_state, context, inplace=False):
+            pieces[i].append(update)
+        updates = [
+            (torch.cat(blocks) if len(blocks) > 1 else blocks[0]).reshape(p.shape) if blocks
+            else torch.zeros_like(new_state["rms"][i])
+            for i, (p, blocks) in enumerate(zip(params, pieces))
+        ]
+        return updates, new_state
+
+    def stream_updates(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: dict[str, Any],
+        context: GraphContext | None,
+        apply: Callable[[int, slice, Tensor], None],
+    ) -> dict[str, Any]:
+        """:meth:`forward` in place (see :meth:`l2o.rule.UpdateRule.stream_updates`): statistics
+        advance in place and updates go out in row blocks of about ``chunk_size`` elements, so
+        the step's temporary memory is a few blocks, not a copy of the model."""
+        context = self._check_context(params, context)
+        new_state = F.update_stats(params, grads, state, self.decays, inplace=True)
+        for i, rows, update in self._update_blocks(params, grads, new_state, context, inplace=True):
+            apply(i, rows, update)
+        return new_state
+
+    def _check_context(self, params: list[Tensor], context: GraphContext | None) -> GraphContext:
         if context is None:
-            context = self.build_context(params)
+            return self.build_context(params)
         if len(context.source) != len(params):
             raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
-        new_state = F.update_stats(params, grads, state, self.decays)
-        step = new_state["step"]
-        dtype = self.node_in.weight.dtype
+        return context
+
+    def _update_blocks(
+        self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: GraphContext, inplace: bool
+    ) -> Iterator[tuple[int, slice, Tensor]]:
+        """``(i, rows, update [r * C])`` for every row block of every parameter, in order; ``state``
+        is the state after :func:`~l2o.features.update_stats`. All neuron work happens before the
+        first block is yielded, so the caller may then update ``params[i][rows]`` in place."""
+        step, dtype = state["step"], self.node_in.weight.dtype
         time = F.time_features(step, self.node_in.weight)
         n_feat = len(F.COMPACT_FEATURE_NAMES)
 
         # neurons pool the features of their in-weights, out-weights and own parameters
         pooled_in, pooled_out, pooled_own = (self.node_in.weight.new_zeros(context.graph.num_nodes, n_feat)
                                              for _ in range(3))
+        scales = [F.compact_scales(p, g, F.tensor_stats(state, i)) for i, (p, g) in enumerate(zip(params, grads))]
         for i, (p, g) in enumerate(zip(params, grads)):
-            stats = F.tensor_stats(new_state, i)
-            cols = F.matrix_shape(p.shape)[1]
-            for rows, feats in _row_blocks(p, g, stats, self.chunk_size):
-                feats = feats.to(dtype).reshape(-1, cols, n_feat)
+            stats = F.tensor_stats(state, i)
+            for rows, feats in F.compact_features(p, g, stats, self.chunk_size, inplace, scales[i]):
+                feats = feats.to(dtype)
                 if context.on_edge[i]:
-                    pooled_in = context.target[i].pool(pooled_in, feats, rows)
-                    pooled_out = context.source[i].pool(pooled_out, feats, rows)
+                    context.target[i].pool(pooled_in, feats, rows)
+                    context.source[i].pool(pooled_out, feats, rows)
                 else:
-                    pooled_own = context.source[i].pool(pooled_own, feats, rows)
+                    context.source[i].pool(pooled_own, feats, rows)
         pooled = torch.cat([pooled_in, pooled_out, pooled_own], dim=1) / context.counts.repeat_interleave(n_feat, 1)
         x = self.node_in(torch.cat([pooled, time.expand(pooled.shape[0], -1)], dim=1))
         x = x + self.role(context.node_role) + self.activation(context.node_activation) + self.depth(context.node_depth)
         for layer in self.gnn:
             x = layer(x, context.aggregation)
-        at_source, at_target = self.to_source(x), self.to_target(x)
-        time_bias = self.head_time(time)
+        at_source, at_target, time_bias = self.to_source(x), self.to_target(x), self.head_time(time)
+        corrections: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
-        updates = []
+        # per element: hidden = W_in features + U[source] + V[target] + kind + time, then the head
         for i, (p, g) in enumerate(zip(params, grads)):
-            stats = F.tensor_stats(new_state, i)
+            stats = F.tensor_stats(state, i)
             mom, rms = stats.mom[0].reshape(-1), stats.rms.reshape(-1)
-            cols = F.matrix_shape(p.shape)[1]
-            kind = context.kind[i]
-            pieces = []
-            for rows, feats in _row_blocks(p, g, stats, self.chunk_size):
-                kind_bias = self.kind.weight[kind] if isinstance(kind, int) else self.kind(kind[rows])
-                ctx = context.source[i].gather(at_source, rows) + context.target[i].gather(at_target, rows)
-                ctx = (ctx + kind_bias + time_bias).expand(rows.stop - rows.start, cols, -1).reshape(len(feats), -1)
-                hidden = torch.addmm(ctx, feats.to(dtype), self.head_in.weight.T)
-                out = self.head_out(torch.nn.functional.silu(hidden))
-                span = slice(rows.start * cols, rows.stop * cols)
-                adam = F.adam_direction(mom[span], rms[span], step, self.decays)
-                pieces.append(F.direction_magnitude_update(out, adam, self.step_mult, self.exp_mult, self.skip))
-            update = torch.cat(pieces) if pieces else p.new_zeros(0, dtype=stats.rms.dtype)
-            updates.append(update.reshape(p.shape))
-        return updates, new_state
-
-
-def _row_blocks(param: Tensor, grad: Tensor, stats: F.TensorStats, chunk_size: int):
-    """:func:`l2o.features.compact_features` blocks as ``(matrix rows, features [r * C, 9])``."""
-    cols = F.matrix_shape(param.shape)[1]
-    for start, stop, feats in F.compact_features(param, grad, stats, chunk_size):
-        yield slice(start // cols, stop // cols), feats
+            n_rows, n_cols = F.matrix_shape(p.shape)
+            row_context, col_context, full_maps = time_bias.expand(n_rows, -1), None, []
+            for neurons, table in ((context.source[i], at_source), (context.target[i], at_target),
+                                   (context.kind[i], self.kind.weight)):
+                if neurons.along == "row":
+                    row_context = row_context + table[neurons.ids]
+                elif neurons.along == "col":
+                    col_context = table[neurons.ids] if col_context is None else col_context + table[neurons.ids]
+                else:
+                    full_maps.append((neurons.ids, table))
+            if mom.dtype not in corrections:
+                corrections[mom.dtype] = F.adam_corrections(step, self.decays, mom)
+            for rows, feats in F.compact_features(p, g, stats, self.chunk_size, inplace, scales[i]):
+                hidden = torch.mm(feats.to(dtype).reshape(n_feat, -1).T, self.head_in.weight.T)  # [r * C, H]
+                blocked = hidden.view(rows.stop - rows.start, n_cols, -1)
+                blocked.add_(row_context[rows].unsqueeze(1))
+                if col_context is not None:
+                    blocked.add_(col_context)
+                for ids, table in full_maps:
+                    blocked.add_(table[ids[rows]])
+                hidden = nn.functional.silu(hidden, inplace=inplace)
+                out = torch.addmm(self.head_out.bias.unsqueeze(1), self.head_out.weight, hidden.T)  # [2, r * C]
+                span = slice(rows.start * n_cols, rows.stop * n_cols)
+                adam = F.adam_direction(mom[span], rms[span], step, self.decays, inplace=inplace,
+                                        corrections=corrections[mom.dtype])
+                same_dtype = out.dtype == adam.dtype  # in place only where no promotion is needed
+                yield i, rows, F.direction_magnitude_update(out[0], out[1], adam, self.step_mult, self.exp_mult,
+                                                            self.skip, inplace=inplace and same_dtype)

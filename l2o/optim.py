@@ -1,4 +1,5 @@
-"""``NeuralGraphOpt``: a thin ``torch.optim.Optimizer`` over :func:`l2o.functional.learned_step`.
+"""``NeuralGraphOpt``: a thin ``torch.optim.Optimizer`` over :func:`l2o.functional.learned_step_`
+(the in-place form of :func:`l2o.functional.learned_step`, bit-identical to it).
 
 **Rule state convention.** The optimizer treats the rule's state (``rule.init_state(params)``)
 as a dict whose values are either *per-parameter* — a list with exactly one entry per parameter,
@@ -25,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from l2o.functional import learned_step
+from l2o.functional import learned_step_
 from l2o.hub import load_rule
 from l2o.rule import UpdateRule
 
@@ -233,16 +234,13 @@ class NeuralGraphOpt(Optimizer):
         if not bool(torch.stack([torch.isfinite(g).all() for g, h in zip(grads, has_grad) if h]).all()):
             self._skip_step(grads, has_grad)
             return loss
-        new_params, new_state = learned_step(
-            self.rule, params, grads, self.rule_state, self.context, lr=lrs, weight_decay=wds
-        )
-        if not all(has_grad):
-            for key, value in new_state.items():
-                if _is_per_param(value, len(params)):
-                    new_state[key] = [v if h else old for v, old, h in zip(value, self.rule_state[key], has_grad)]
-        for p, new, h in zip(params, new_params, has_grad):
-            if h:
-                p.copy_(new)
+        # parameters without a gradient keep their state: saved here, restored after the in-place step
+        kept = {key: [tree_map(torch.clone, v) if not h else None for v, h in zip(value, has_grad)]
+                for key, value in self.rule_state.items() if _is_per_param(value, len(params))}
+        new_state = learned_step_(self.rule, params, grads, self.rule_state, self.context, lr=lrs, weight_decay=wds,
+                                  frozen=[not h for h in has_grad])
+        for key, saved in kept.items():
+            new_state[key] = [v if old is None else old for v, old in zip(new_state[key], saved)]
         self.rule_state = new_state
         return loss
 
@@ -269,8 +267,8 @@ class NeuralGraphOpt(Optimizer):
         "param_groups": [...], "rule": {class, config}, "params": [{name, shape}]}``; names (from
         ``model=`` or ``(name, tensor)`` pairs) are ``None`` when unknown.
 
-        Group ``params`` are indices, as in torch. Tensors are shared with the optimizer, which
-        never modifies them in place (each step makes a new state), so the dict stays a snapshot.
+        Group ``params`` are indices, as in torch. As in torch, the tensors are the optimizer's own,
+        which each step advances in place: save the dict (or ``copy.deepcopy`` it) to keep a snapshot.
         """
         groups, start = [], 0
         for group in self.param_groups:

@@ -10,7 +10,7 @@ perturb it. ``NeuralGraphOpt`` is a thin ``torch.optim.Optimizer`` shell over th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -33,6 +33,9 @@ class UpdateRule(nn.Module):
     * :meth:`forward` — ``(params, grads, state, context) -> (updates, new_state)``. ``updates[i]``
       has the shape of ``params[i]``; the optimizer applies ``p <- p - lr * update``. It must not
       modify its inputs in place.
+
+    :meth:`stream_updates` is the in-place variant that ``NeuralGraphOpt.step`` uses; rules that
+    care about the step's memory override it (the default calls :meth:`forward`).
     """
 
     def build_context(self, params: Sequence[Tensor], model: nn.Module | None = None) -> Any:
@@ -46,6 +49,24 @@ class UpdateRule(nn.Module):
         self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: Any = None
     ) -> tuple[list[Tensor], dict[str, Any]]:
         raise NotImplementedError
+
+    def stream_updates(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: dict[str, Any],
+        context: Any,
+        apply: Callable[[int, slice, Tensor], None],
+    ) -> dict[str, Any]:
+        """Like :meth:`forward`, without autograd, but each update goes to ``apply(i, rows, update)``
+        as soon as it is computed, possibly in blocks of rows: ``update`` holds the flattened
+        elements of ``params[i][rows]`` (``rows`` indexes dim 0; the whole tensor for a scalar).
+        The statistics in ``state`` may be advanced in place; returns the new state. The updates
+        are bit-identical to :meth:`forward`'s."""
+        updates, new_state = self(params, grads, state, context)
+        for i, update in enumerate(updates):
+            apply(i, slice(None), update.reshape(-1))
+        return new_state
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments (used by ``save_pretrained``)."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from l2o import FFRule, NeuralGraphOpt, learned_step
+from l2o import FFRule, NeuralGraphOpt, NeuralGraphRule, learned_step
 from l2o.hub import from_pretrained
 from l2o.optim import DEFAULT_RULE
 
@@ -46,24 +46,43 @@ class SpyRule(FFRule):
         return None
 
 
-def test_class_equals_functional_path_exactly():
+def _random_head(rule: nn.Module) -> nn.Module:
+    """A non-trivial learned correction (both shipped rules start as Adam)."""
+    torch.manual_seed(5)
+    last = rule.mlp[-1] if isinstance(rule, FFRule) else rule.head_out
+    nn.init.normal_(last.weight, std=100.0 if isinstance(rule, FFRule) else 1.0)
+    return rule
+
+
+@pytest.mark.parametrize("rule", [FFRule(), NeuralGraphRule(chunk_size=5)], ids=["ff", "neural-graph-in-blocks"])
+def test_class_equals_functional_path_exactly(rule):
+    """The in-place optimizer step (blocks, statistics advanced in place) gives learned_step's bits."""
     model = _model()
-    rule = FFRule()
-    nn.init.normal_(rule.mlp[-1].weight, std=100.0)  # a non-trivial learned correction
+    rule = _random_head(rule)
     fast, slow = model[0].parameters(), model[2].parameters()
-    opt = NeuralGraphOpt([{"params": fast, "lr": 0.5}, {"params": slow, "weight_decay": 0.1}], lr=2.0, rule=rule)
+    opt = NeuralGraphOpt([{"params": fast, "lr": 0.5}, {"params": slow, "weight_decay": 0.1}], lr=2.0, rule=rule,
+                         model=model)
     params = [p.detach().clone() for p in model.parameters()]
     lrs, wds = [0.5, 0.5, 2.0, 2.0], [0.0, 0.0, 0.1, 0.1]
+    context = rule.build_context(params, model)
     state = rule.init_state(params)
     x, y = _batch()
-    for _ in range(4):
+    for step in range(4):
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
-        grads = [p.grad.clone() for p in model.parameters()]
+        if step == 2:
+            model[2].bias.grad = None  # a parameter without gradient: untouched, its statistics kept
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+        previous = params[3].clone(), {key: state[key][3].clone() for key in ("mom", "rms", "row", "col")}
         opt.step()
         with torch.no_grad():
-            params, state = learned_step(rule, params, grads, state, lr=lrs, weight_decay=wds)
+            params, state = learned_step(rule, params, grads, state, context, lr=lrs, weight_decay=wds)
+        if step == 2:
+            params[3] = previous[0]
+            for key, value in previous[1].items():
+                state[key][3] = value
         assert all(torch.equal(p, q) for p, q in zip(params, model.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(state["mom"], opt.rule_state["mom"]))
     assert int(opt.rule_state["step"]) == 4
     with pytest.raises(ValueError, match="3 values of lr for 4 parameters"):
         learned_step(rule, params, grads, state, lr=lrs[:3])
