@@ -14,7 +14,8 @@ and its edges. Supported:
 * ``nn.MultiheadAttention`` (self-attention, packed ``in_proj_weight``): input -> attention
   neurons with 3-channel (Q, K, V) edges and biases, heads kept distinguishable via ``node_head``
   and separate permutation groups; ``out_proj`` as a linear layer;
-* ``nn.TransformerEncoderLayer`` (a template, since its fast path cannot be traced);
+* ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` (templates, since their fast paths
+  cannot be traced);
 * activations, as modules or functions (relu, gelu, silu, tanh, sigmoid, leaky_relu, sin, ...),
   recorded on the neurons they follow.
 
@@ -58,7 +59,7 @@ _PASSTHROUGH_MODULES = (
 )
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _LEAVES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.MultiheadAttention, nn.TransformerEncoderLayer,
-           nn.Flatten, *_NORMS, *_PASSTHROUGH_MODULES, *_ACTIVATION_MODULES)
+           nn.TransformerEncoder, nn.Flatten, *_NORMS, *_PASSTHROUGH_MODULES, *_ACTIVATION_MODULES)
 _ELEMENTWISE = {operator.mul, operator.truediv, operator.neg, torch.mul, torch.div, "mul", "div", "neg",
                 "contiguous", "clone", "float", "to", "type_as", "squeeze", "unsqueeze", "permute",
                 "transpose", torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, F.dropout,
@@ -224,6 +225,11 @@ class _Walker:
         x = norm1(self.residual(x, attn(x)))
         return norm2(self.residual(x, feed_forward(x)))
 
+    def transformer_encoder(self, name: str, m: nn.TransformerEncoder, x: _Neurons) -> _Neurons:
+        for i, layer in enumerate(m.layers):
+            x = self.transformer_layer(f"{name}.layers.{i}", layer, x)
+        return x if m.norm is None else self.norm(f"{name}.norm", m.norm, x)
+
     # ------------------------------------------------------------------ walk
     def call_module(self, node: fx.Node, args: list) -> object:
         name = node.target
@@ -242,7 +248,8 @@ class _Walker:
         if isinstance(m, nn.Flatten):
             return x.like(flattened=x.is_map)
         layers = {nn.Linear: self.linear, nn.modules.conv._ConvNd: self.conv, nn.Embedding: self.embedding,
-                  nn.MultiheadAttention: self.attention, nn.TransformerEncoderLayer: self.transformer_layer}
+                  nn.MultiheadAttention: self.attention, nn.TransformerEncoderLayer: self.transformer_layer,
+                  nn.TransformerEncoder: self.transformer_encoder}
         for cls, fn in layers.items():
             if isinstance(m, cls):
                 out = fn(name, m, x)

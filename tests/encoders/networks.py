@@ -72,7 +72,8 @@ def transformer() -> tuple[nn.Module, torch.Tensor]:
     model = nn.Sequential(
         nn.Embedding(11, 8),
         nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True),
-        nn.LayerNorm(8),
+        nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True),
+                              1, norm=nn.LayerNorm(8), enable_nested_tensor=False),
         nn.Linear(8, 3),
     )
     return model, torch.randint(0, 11, (2, 5))

@@ -88,17 +88,17 @@ def test_flatten_keeps_spatial_positions_per_channel():
 def test_attention_edges_have_three_channels_and_heads_are_distinguished():
     model, _ = build("transformer")
     g = NeuralGraph.from_module(model)
-    att = g.node_role == Role.ATTENTION
-    assert att.sum() == 8 and g.node_head[att].tolist() == [0] * 4 + [1] * 4
+    att = g.node_role == Role.ATTENTION  # two attention layers: the plain one, then the encoder's
+    assert att.sum() == 16 and g.node_head[att].tolist() == ([0] * 4 + [1] * 4) * 2
     assert g.edge_channels == 3 and g.node_channels == 3
     # heads are separate permutation groups
-    assert len(g.node_group[att].unique()) == 2
+    assert len(g.node_group[att].unique()) == 4
     mha = model[1].self_attn
-    edges = (g.edge_kind == EdgeKind.ATTENTION).nonzero().squeeze(1)
+    first_att = int(att.nonzero()[0])
+    edges = ((g.edge_kind == EdgeKind.ATTENTION) & (g.edge_index[1] < first_att + 8)).nonzero().squeeze(1)
     src, dst = g.edge_index[:, edges]
     qkv = g.edge_attr[edges].view(-1, 3)
     w = mha.in_proj_weight.view(3, 8, 8)
-    first_att = int(att.nonzero()[0])
     first_in = int(g.edge_index[0, edges].min())
     assert torch.equal(qkv, w[:, dst - first_att, src - first_in].t())
 
