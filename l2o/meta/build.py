@@ -43,6 +43,7 @@ def build_estimator(config: MetaTrainConfig, rule: UpdateRule) -> Estimator:
         build_schedule(config),
         unroll_length=config.truncation.unroll_length,
         meta_loss=config.inner.meta_loss,
+        second_order=config.inner.second_order,
         lr=config.inner.lr,
         weight_decay=config.inner.weight_decay,
         initial_offset=config.truncation.initial_offset,

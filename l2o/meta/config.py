@@ -95,11 +95,14 @@ class TruncationConfig:
 
 @dataclass
 class InnerConfig:
-    """Inner training: ``lr`` and ``weight_decay`` of ``learned_step``; the meta-loss kind."""
+    """Inner training: ``lr`` and ``weight_decay`` of ``learned_step``; the meta-loss kind; whether
+    truncated backprop differentiates through the inner gradients (``second_order``) or treats them
+    as constants (first order, as Andrychowicz et al. 2016)."""
 
     lr: float = 1.0
     weight_decay: float = 0.0
     meta_loss: str = "train_mean"
+    second_order: bool = True
 
 
 @dataclass

@@ -107,6 +107,10 @@ class TruncatedStep:
         meta_loss: ``"train_mean"`` — mean over the truncation's steps of the loss of the updated
             parameters on that step's batch (``K = 1`` is the greedy scheme); ``"heldout_last"`` —
             loss of the parameters after the truncation on a held-out batch.
+        second_order: differentiable unrolls differentiate through the inner gradients (their
+            dependence on the parameters, Hessian-vector products); ``False`` treats them as
+            constants (first-order truncated backprop: cheaper, and free of the second
+            derivatives of the statistics' ``rsqrt`` near zero, which can overflow).
         lr: passed to :func:`~l2o.functional.learned_step`.
         weight_decay: passed to :func:`~l2o.functional.learned_step`.
         initial_offset: the first episode of each slot starts at a random inner iteration in
@@ -122,6 +126,7 @@ class TruncatedStep:
         *,
         unroll_length: int,
         meta_loss: str = "train_mean",
+        second_order: bool = True,
         lr: float = 1.0,
         weight_decay: float = 0.0,
         initial_offset: int = 0,
@@ -132,7 +137,7 @@ class TruncatedStep:
         if unroll_length < 1:
             raise ValueError(f"unroll_length must be >= 1, got {unroll_length}")
         self.rule, self.family, self.schedule = rule, family, schedule
-        self.unroll_length, self.meta_loss = unroll_length, meta_loss
+        self.unroll_length, self.meta_loss, self.second_order = unroll_length, meta_loss, second_order
         self.lr, self.weight_decay = lr, weight_decay
         self.initial_offset, self.seed = initial_offset, seed
         self._tasks: dict[tuple[int, int], _TaskEntry] = {}
@@ -190,7 +195,7 @@ class TruncatedStep:
             train_losses, terms = [], []
             for i in range(steps):
                 batch = task.batch(state.step + i)
-                loss, grads = _loss_and_grads(task, names, params, batch, differentiable)
+                loss, grads = _loss_and_grads(task, names, params, batch, differentiable and self.second_order)
                 params, opt_state = learned_step(
                     self.rule,
                     params,

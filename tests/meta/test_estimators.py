@@ -68,6 +68,37 @@ def test_greedy_tbptt_is_the_one_step_gradient():
     assert grad.item() == pytest.approx(closed_form_grad(step.task(0, 0).task, 0.3, 1, "train_mean"), rel=1e-10)
 
 
+def test_first_order_tbptt_treats_inner_gradients_as_constants():
+    """``x_K = x_0 - eta sum_k g_k`` with the g_k held fixed: dL/dlog(eta) = grad L(x_K) . (-eta sum_k g_k)."""
+    rule = LogLRRule(lr=0.3, dtype="float64")
+    step = TruncatedStep(rule, FAMILY, ConstantSchedule(15), unroll_length=15, meta_loss="heldout_last",
+                         second_order=False)
+    grads = sum_over_truncations(TruncatedBPTT(step), n_slots=2, truncations=1, rule=rule)
+    for slot in range(2):
+        task = step.task(slot, 0).task
+        a, x0 = task.model.a, task.model.x.detach()
+        xs = [x0 * (1 - 0.3 * a) ** t for t in range(16)]
+        expected = (a * xs[15] * -0.3 * sum(a * x for x in xs[:15])).sum()
+        assert grads[slot].item() == pytest.approx(expected.item(), rel=1e-10)
+        assert grads[slot].item() != pytest.approx(closed_form_grad(task, 0.3, 15, "heldout_last"), rel=1e-3)
+
+
+class BrokenGradientRule(LogLRRule):
+    """Finite updates whose meta-gradient is NaN (sqrt'(0) * 0)."""
+
+    def forward(self, params, grads, state, context=None):
+        spike = torch.sqrt(self.log_lr - self.log_lr.detach())
+        return [self.log_lr.exp() * g + 0 * spike for g in grads], state
+
+
+def test_a_slot_whose_meta_gradient_is_not_finite_starts_a_new_episode():
+    rule = BrokenGradientRule(lr=0.3, dtype="float64")
+    estimator = TruncatedBPTT(truncated_step(rule, length=15, unroll=5))
+    estimate, states = estimator.estimate(dict(rule.named_parameters()), [estimator.init_state(0)], 0)
+    assert torch.isfinite(estimate.losses).all() and not torch.isfinite(estimate.grads).all()
+    assert (states[0].episode, states[0].step) == (1, 0)
+
+
 def ratio_stats(estimates: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
     """Mean of ``estimate / truth`` over slots (1 for an unbiased estimator) and its standard error."""
     ratio = estimates / truth

@@ -92,9 +92,10 @@ class Estimator(ABC):
         gen = generator(self.seed, self.name, meta_step, slot)
         return sigma * torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
 
-    def advance(self, state: InnerState, out: UnrollOutput, loss: Tensor) -> InnerState:
+    def advance(self, state: InnerState, out: UnrollOutput, loss: Tensor, grad: Tensor | None = None) -> InnerState:
         """``state`` after a truncation, or the slot's next episode when this one ended or diverged
-        (a non-finite ``loss``)."""
-        if out.done or not bool(torch.isfinite(loss)):
+        (a non-finite ``loss`` or meta-gradient ``grad``: an inner run in a state that breaks the
+        meta-gradient would break every later truncation of its episode too)."""
+        if out.done or not bool(torch.isfinite(loss)) or (grad is not None and not bool(torch.isfinite(grad).all())):
             return self.truncated_step.next_episode(state)
         return state

@@ -36,4 +36,4 @@ class TruncatedBPTT(Estimator):
             grads = (None,) * len(tensors)
         grad = flatten(torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors))
         loss = out.meta_loss.detach()
-        return grad, loss, out, self.advance(new_state.detached(), out, loss)
+        return grad, loss, out, self.advance(new_state.detached(), out, loss, grad)
