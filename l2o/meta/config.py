@@ -9,7 +9,7 @@ YAML layout (every key optional except where noted)::
     reparam_scale: [0.1, 10.0]            # weight-reparameterization augmentation (null: off)
     estimator: {name: pes, sigma: 0.01}
     truncation: {schedule: log_uniform, min_length: 100, max_length: 1000, unroll_length: 20, initial_offset: 100}
-    inner: {lr: 1.0, weight_decay: 0.0, meta_loss: train_mean}
+    inner: {lr: 1.0, weight_decay: 0.0, meta_loss: train_mean, second_order: true}
     outer: {lr: 3.0e-4, clip_norm: 1.0, lr_schedule: cosine}
     n_tasks: 8
     steps: 1000
