@@ -426,15 +426,28 @@ def compact_features(
 
 
 def direction_magnitude_update(
-    d: Tensor, m: Tensor, adam: Tensor, step_mult: float, exp_mult: float, skip: float, inplace: bool = False
+    d: Tensor,
+    m: Tensor,
+    adam: Tensor,
+    step_mult: float,
+    exp_mult: float,
+    skip: float,
+    inplace: bool = False,
+    gated: bool = False,
 ) -> Tensor:
     """The learned step of Metz et al. with an Adam skip term, shared by every learned rule.
 
     ``d [n]`` and ``m [n]`` are the rule's direction and magnitude outputs; ``adam [n]`` is
-    :func:`adam_direction`. Returns ``step_mult * (d + skip * adam) * exp(exp_mult * m)`` ``[n]``.
-    With ``d = m = 0`` (a zero-initialised last layer) this is ``step_mult * skip * adam``: Adam.
-    ``inplace`` (no autograd) overwrites ``adam`` and ``m`` and returns ``adam``; the same bits.
+    :func:`adam_direction`. Returns ``step_mult * (d + skip * adam) * exp(exp_mult * m)`` ``[n]``,
+    or with ``gated`` ``step_mult * (skip + d) * adam * exp(exp_mult * m)`` (``d`` rescales Adam's
+    direction, so elements without gradient never move). With ``d = m = 0`` (a zero-initialised
+    last layer) both are ``step_mult * skip * adam``: Adam. ``inplace`` (no autograd) overwrites
+    ``d``, ``m`` and ``adam`` and returns one of them; the same bits.
     """
+    if gated:
+        if inplace:
+            return d.add_(skip).mul_(adam).mul_(step_mult).mul_(m.mul_(exp_mult).exp_())
+        return step_mult * ((skip + d) * adam) * torch.exp(exp_mult * m)
     if inplace:
         return adam.mul_(skip).add_(d).mul_(step_mult).mul_(m.mul_(exp_mult).exp_())
     return step_mult * (d + skip * adam) * torch.exp(exp_mult * m)

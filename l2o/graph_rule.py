@@ -12,14 +12,22 @@ Per step, with ``P`` parameter elements and ``N`` neurons:
    features, into a context vector per neuron;
 4. each element gets ``ctx = U[source] + V[target] + kind embedding`` (for a bias, source = target =
    its neuron) and a per-element head ``9 -> head_hidden -> 2`` outputs direction ``d`` and
-   magnitude ``m``: ``update = step_mult * (d + skip * adam) * exp(exp_mult * m)``.
+   magnitude ``m``: ``update = step_mult * (skip + d) * adam * exp(exp_mult * m)`` (``gated``, the
+   default: ``d`` rescales or flips Adam's direction, so an element whose gradients have been zero
+   never moves), or Metz et al.'s ``step_mult * (d + skip * adam) * exp(exp_mult * m)``.
 
 The GNN's cost does not grow with the number of weights, and the per-element work is two gathers
 and two small matmuls, so the step costs ``O(P)`` with a small constant. Permuting hidden neurons
 permutes the graph's nodes, so the update is permutation-equivariant (tested).
 
-**Initialisation** (documented behaviour until a meta-trained rule ships): the head's last layer
-is zero, so ``update = step_mult * skip * adam``: with the defaults, ``Adam(lr=1e-3)`` at ``lr=1``.
+**Initialisation**: the head's last layer is zero, so ``update = step_mult * skip * adam`` in both
+forms: with the defaults, ``Adam(lr=1e-3)`` at ``lr=1``.
+
+Why gated: with the additive form, the context (shared by all weights of a neuron) gives every
+weight of a neuron the same ``d`` even where its gradient is zero. Those weights then drift
+together: weights from input pixels that are blank in every training image (they matter on test
+images) and dead ReLU units, whose drift adds up over the fan-in. The meta-trained additive rule
+did this on an MLP wider than its meta-training tasks (``benchmarks/l2o_quality.py``).
 """
 
 from __future__ import annotations
@@ -159,9 +167,11 @@ class NeuralGraphRule(UpdateRule):
         hidden: width of the neuron states (32).
         layers: GNN layers (2).
         head_hidden: width of the per-element head (16).
-        step_mult: ``b`` of the output form ``b * (d + skip * adam) * exp(a * m)`` (1e-3).
+        step_mult: ``b`` of the output form (1e-3).
         exp_mult: ``a`` of the output form (1e-3).
         skip: weight of the Adam direction (1.0).
+        gated: output form ``b * (skip + d) * adam * exp(a * m)`` (``True``) or the additive
+            ``b * (d + skip * adam) * exp(a * m)``.
         momentum_decays: EMA decays of the three momenta.
         rms_decay: EMA decay of the second moment.
         factored_decays: EMA decays of the factored (row/column) statistics.
@@ -179,6 +189,7 @@ class NeuralGraphRule(UpdateRule):
         step_mult: float = 1e-3,
         exp_mult: float = 1e-3,
         skip: float = 1.0,
+        gated: bool = True,
         momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
         rms_decay: float = 0.999,
         factored_decays: Sequence[float] = (0.9, 0.99, 0.999),
@@ -190,11 +201,11 @@ class NeuralGraphRule(UpdateRule):
             raise ValueError(f"hidden, head_hidden must be >= 1 and layers >= 0, got {hidden}, {head_hidden}, {layers}")
         self._config = {
             "hidden": hidden, "layers": layers, "head_hidden": head_hidden, "step_mult": step_mult,
-            "exp_mult": exp_mult, "skip": skip, "momentum_decays": list(momentum_decays), "rms_decay": rms_decay,
-            "factored_decays": list(factored_decays), "max_depth": max_depth,
+            "exp_mult": exp_mult, "skip": skip, "gated": gated, "momentum_decays": list(momentum_decays),
+            "rms_decay": rms_decay, "factored_decays": list(factored_decays), "max_depth": max_depth,
         }
         self.decays = F.Decays(tuple(momentum_decays), rms_decay, tuple(factored_decays))
-        self.step_mult, self.exp_mult, self.skip = step_mult, exp_mult, skip
+        self.step_mult, self.exp_mult, self.skip, self.gated = step_mult, exp_mult, skip, gated
         self.max_depth, self.chunk_size = max_depth, chunk_size
         n_feat = len(F.COMPACT_FEATURE_NAMES)
         self.node_in = nn.Linear(3 * n_feat + F.NUM_TIME_FEATURES, hidden)
@@ -356,4 +367,4 @@ class NeuralGraphRule(UpdateRule):
                                         corrections=corrections[mom.dtype])
                 same_dtype = out.dtype == adam.dtype  # in place only where no promotion is needed
                 yield i, rows, F.direction_magnitude_update(out[0], out[1], adam, self.step_mult, self.exp_mult,
-                                                            self.skip, inplace=inplace and same_dtype)
+                                                            self.skip, inplace and same_dtype, self.gated)

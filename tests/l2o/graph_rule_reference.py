@@ -44,5 +44,6 @@ def reference_updates(rule: NeuralGraphRule, model: nn.Module, grads: list[Tenso
     mom = torch.cat([m[0].reshape(-1) for m in new["mom"]])
     rms = torch.cat([v.reshape(-1) for v in new["rms"]])
     adam = F.adam_direction(mom, rms, step, rule.decays)
-    update = rule.step_mult * (out[:, 0] + rule.skip * adam) * torch.exp(rule.exp_mult * out[:, 1])
+    direction = (rule.skip + out[:, 0]) * adam if rule.gated else out[:, 0] + rule.skip * adam
+    update = rule.step_mult * direction * torch.exp(rule.exp_mult * out[:, 1])
     return [u.reshape(p.shape) for u, p in zip(update.split([p.numel() for p in params]), params)]

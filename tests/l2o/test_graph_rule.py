@@ -60,14 +60,15 @@ def _as_full(neurons: NeuronMap, shape: torch.Size) -> NeuronMap:
     return NeuronMap("full", ids.expand(shape).clone())
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "cnn_flatten", "resnet", "transformer"])
-def test_factored_blocked_step_equals_the_per_element_reference(name):
+@pytest.mark.parametrize("name, gated", [("mlp", True), ("mlp", False), ("cnn_mixed_kernels", True),
+                                         ("cnn_flatten", False), ("resnet", True), ("transformer", True)])
+def test_factored_blocked_step_equals_the_per_element_reference(name, gated):
     model, _ = build(name)
     model = model.double()
     params = [p.detach() for p in model.parameters()]
     torch.manual_seed(2)
     grads = [torch.randn_like(p) for p in params]
-    rule = random_rule(chunk_size=17)  # several row blocks per tensor
+    rule = random_rule(chunk_size=17, gated=gated)  # several row blocks per tensor
     state = rule.init_state(params)
     expected = reference_updates(rule, model, grads, state)
     context = rule.build_context(params, model)
@@ -86,6 +87,24 @@ def test_factored_blocked_step_equals_the_per_element_reference(name):
     learned_step_(rule, stepped, grads, rule.init_state(params), context)  # the optimizer's in-place path
     for new, p, e in zip(stepped, params, expected):
         torch.testing.assert_close(new, p - e, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_weights_without_gradient_stay_put_only_with_the_gated_output(gated):
+    """Input 0 is blank in every batch, so its first-layer weights never get a gradient: the gated
+    form leaves them exactly; the additive form moves them by the context of their neurons."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    before = model[0].weight[:, 0].clone()
+    opt = NeuralGraphOpt(model.parameters(), rule=random_rule(gated=gated), model=model)
+    for _ in range(3):
+        x = torch.randn(16, 4, dtype=torch.float64)
+        x[:, 0] = 0
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    moved = (model[0].weight[:, 0] - before).abs().max()
+    assert (moved == 0) if gated else (moved > 1e-6)
 
 
 def test_update_uses_graph_context():
