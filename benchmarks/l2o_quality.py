@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--ff-rule", default=None, help="FF rule to compare (default: the shipped ff-v1, else 'ff')")
+    parser.add_argument("--ff-rule", default=None, help="FF rule to compare (default: the shipped ff-v2, else 'ff')")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("results/l2o_quality"))
     parser.add_argument("--summarize", type=Path, default=None,
@@ -219,13 +219,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.summarize is not None:
         record = json.loads(args.summarize.read_text())
         keep = ("command", "machine", "quick", "steps", "seeds", "grid", "runs")
-        report({k: record[k] for k in keep}, args.out, args.ff_rule or _shipped("ff-v1"))
+        report({k: record[k] for k in keep}, args.out, args.ff_rule or _shipped("ff-v2"))
         return record
     tasks = ["cnn-digits", "mlp-wide-deep"] if args.quick else list(TASKS)
     steps = args.steps or (150 if args.quick else 1000)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     grid = (1e-3, 3e-3, 1e-2) if args.quick else ADAM_GRID
-    ff_rule = args.ff_rule or _shipped("ff-v1")
+    ff_rule = args.ff_rule or _shipped("ff-v2")
     learned = [("NeuralGraphOpt", 1.0), ("FF", 1.0)]
     # phase 1: the learned optimizers on every seed, the Adam grid on the first seed (the tuning run);
     # phase 2: Adam at 1e-3 and at the tuned lr on the other seeds

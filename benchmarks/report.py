@@ -26,7 +26,7 @@ PUBLISHED = """## Comparison with the published numbers
   `/shared/REFERENCES.md`). Ours are in the table above, from the same kind of machine.
 - **Learned optimizer.** The paper trains its GNN optimizer with greedy one-step truncated backprop
   for 1000 meta-iterations x 100 inner steps on a 3-conv CNN on FashionMNIST and tests on CIFAR-10;
-  our shipped rule uses a CPU-sized recipe (about 40 minutes on one core) on offline MNIST-5k and
+  our shipped rule uses a CPU-sized recipe (about 20 minutes on one core) on offline MNIST-5k and
   digits tasks, so the numbers above are not comparable with the paper's figures; they compare
   NeuralGraphOpt with Adam, tuned Adam and the FF rule on the same tasks in the same run.
 - **Weight-space tasks.** Published INR-classification accuracies (no probes) on the full DWSNets

@@ -34,9 +34,9 @@ from l2o.rule import UpdateRule
 
 __all__ = ["DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "neural-graph-v1"
+DEFAULT_RULE = "neural-graph-v2"
 """The rule used when ``rule=None``: the shipped, meta-trained :class:`~l2o.graph_rule.NeuralGraphRule`
-(``l2o/pretrained/neural-graph-v1``, recipe ``l2o/meta/configs/shipped_neural_graph.yaml``).
+(``l2o/pretrained/neural-graph-v2``, recipe ``l2o/meta/configs/shipped_neural_graph.yaml``).
 ``rule="neural-graph"`` gives the untrained rule, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
 
 

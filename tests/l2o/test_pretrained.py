@@ -1,16 +1,23 @@
 """The shipped rules load, are the optimizer's default, and carry their recipe and curves."""
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from l2o import FFRule, NeuralGraphOpt, NeuralGraphRule, from_pretrained
 from l2o.hub import PRETRAINED_DIR, RULES
 from l2o.meta.config import load_config
+from l2o.meta.run import meta_train
 from l2o.optim import DEFAULT_RULE
 from tests.encoders.networks import build
 
+SHIPPED = [("neural-graph-v2", NeuralGraphRule, "shipped_neural_graph.yaml"), ("ff-v2", FFRule, "shipped_ff.yaml")]
 
-@pytest.mark.parametrize("name, cls", [("neural-graph-v1", NeuralGraphRule), ("ff-v1", FFRule)])
+
+@pytest.mark.parametrize("name, cls", [(name, cls) for name, cls, _ in SHIPPED])
 def test_shipped_rule_loads_with_its_recipe(name, cls):
     rule = from_pretrained(name)
     assert isinstance(rule, cls)
@@ -24,7 +31,7 @@ def test_shipped_rule_loads_with_its_recipe(name, cls):
 
 @pytest.mark.parametrize("name", ["mlp", "resnet", "transformer"])
 def test_default_optimizer_uses_the_shipped_rule_and_trains(name):
-    assert DEFAULT_RULE == "neural-graph-v1"
+    assert DEFAULT_RULE == "neural-graph-v2"
     model, example = build(name)
     model.train()
     opt = NeuralGraphOpt(model.parameters(), model=model)
@@ -38,3 +45,16 @@ def test_default_optimizer_uses_the_shipped_rule_and_trains(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("name, recipe", [(name, recipe) for name, _, recipe in SHIPPED])
+def test_documented_recipe_reproduces_the_shipped_run(name, recipe, tmp_path):
+    """The first two meta-steps of the documented config give the meta-losses the shipped run logged
+    (the first before any update, the second after one outer Adam step)."""
+    config = load_config(Path(__file__).parents[2] / "l2o" / "meta" / "configs" / recipe)
+    shipped = load_config(PRETRAINED_DIR / name / "recipe.yaml")
+    assert dataclasses.asdict(config) == dataclasses.asdict(shipped), "the documented recipe is not the shipped one"
+    meta_train(dataclasses.replace(config, steps=2, progress=False), tmp_path / "run")
+    ours = [json.loads(line)["meta_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line)["meta_loss"] for line in (PRETRAINED_DIR / name / "metrics.jsonl").open()][:2]
+    assert ours == pytest.approx(logged, rel=1e-4)
