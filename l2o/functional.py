@@ -47,13 +47,11 @@ def learned_step(
     Returns:
         ``(new_params, new_state)``; inputs are not modified.
     """
-    if len(params) != len(grads):
-        raise ValueError(f"got {len(params)} parameters but {len(grads)} gradients")
+    lrs, wds = _options(params, grads, lr, weight_decay)
     if meta_params is None:
         updates, new_state = rule(params, grads, state, context)
     else:
         updates, new_state = functional_call(rule, meta_params, (params, grads, state, context))
-    lrs, wds = _per_parameter(lr, len(params), "lr"), _per_parameter(weight_decay, len(params), "weight_decay")
     new_params = [_apply(p, u, l, w) for p, u, l, w in zip(params, updates, lrs, wds)]
     return new_params, new_state
 
@@ -77,9 +75,7 @@ def learned_step_(
 
     ``frozen[i]`` leaves ``params[i]`` untouched (its statistics still advance). Returns the new state.
     """
-    if len(params) != len(grads):
-        raise ValueError(f"got {len(params)} parameters but {len(grads)} gradients")
-    lrs, wds = _per_parameter(lr, len(params), "lr"), _per_parameter(weight_decay, len(params), "weight_decay")
+    lrs, wds = _options(params, grads, lr, weight_decay)
     frozen = frozen or [False] * len(params)
 
     def apply(i: int, rows: slice, update: Tensor) -> None:
@@ -98,6 +94,13 @@ def _apply(param: Tensor, update: Tensor, lr: float | Tensor, weight_decay: floa
     if isinstance(weight_decay, Tensor) or weight_decay != 0:
         update = update + weight_decay * param
     return param - lr * update
+
+
+def _options(params: list[Tensor], grads: list[Tensor], lr: Any, weight_decay: Any) -> tuple[list[Any], list[Any]]:
+    """Check that there is one gradient per parameter; ``lr`` and ``weight_decay`` per parameter."""
+    if len(params) != len(grads):
+        raise ValueError(f"got {len(params)} parameters but {len(grads)} gradients")
+    return _per_parameter(lr, len(params), "lr"), _per_parameter(weight_decay, len(params), "weight_decay")
 
 
 def _per_parameter(value: Any, n: int, name: str) -> list[Any]:

@@ -318,9 +318,10 @@ class NeuralGraphRule(UpdateRule):
         # neurons pool the features of their in-weights, out-weights and own parameters
         pooled_in, pooled_out, pooled_own = (self.node_in.weight.new_zeros(context.graph.num_nodes, n_feat)
                                              for _ in range(3))
-        scales = [F.compact_scales(p, g, F.tensor_stats(state, i)) for i, (p, g) in enumerate(zip(params, grads))]
+        scales = []  # per tensor, reused by the second pass
         for i, (p, g) in enumerate(zip(params, grads)):
             stats = F.tensor_stats(state, i)
+            scales.append(F.compact_scales(p, g, stats))
             for rows, feats in F.compact_features(p, g, stats, self.chunk_size, inplace, scales[i]):
                 feats = feats.to(dtype)
                 if context.on_edge[i]:

@@ -235,8 +235,10 @@ class NeuralGraphOpt(Optimizer):
             self._skip_step(grads, has_grad)
             return loss
         # parameters without a gradient keep their state: saved here, restored after the in-place step
-        kept = {key: [tree_map(torch.clone, v) if not h else None for v, h in zip(value, has_grad)]
-                for key, value in self.rule_state.items() if _is_per_param(value, len(params))}
+        kept = {} if all(has_grad) else {
+            key: [tree_map(torch.clone, v) if not h else None for v, h in zip(value, has_grad)]
+            for key, value in self.rule_state.items() if _is_per_param(value, len(params))
+        }
         new_state = learned_step_(self.rule, params, grads, self.rule_state, self.context, lr=lrs, weight_decay=wds,
                                   frozen=[not h for h in has_grad])
         for key, saved in kept.items():
