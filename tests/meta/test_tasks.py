@@ -123,3 +123,22 @@ def test_offline_data_is_split_and_resized():
     data = load_image_data("digits", image_size=4, max_examples=50)
     assert data.train_images.shape == (50, 1, 4, 4) and data.test_images.shape == (50, 1, 4, 4)
     assert data.num_classes == 10
+
+
+def test_markov_chain_of_order_two_follows_its_transitions():
+    """A deterministic order-2 chain: every token after the first two is fixed by the two before it."""
+    from l2o.meta.tasks import MarkovChainTask
+
+    vocab = 3
+    nxt = torch.randint(vocab, (vocab**2,), generator=torch.Generator().manual_seed(0))
+    transitions = torch.nn.functional.one_hot(nxt, vocab).float()
+    task = FAMILIES["transformer"](vocab_sizes=[vocab], d_models=[16], depths=[1], orders=[2]).sample(0)
+    chain = MarkovChainTask(task.model, transitions, seq_len=task.seq_len, batch_size=4, seed=0, name="chain")
+    assert chain.order == 2 and task.order == 2 and task.transitions.shape == (vocab**2, vocab)
+    inputs, targets = chain.batch(0)
+    sequence = torch.cat([inputs, targets[:, -1:]], dim=1)
+    for t in range(2, sequence.shape[1]):
+        assert torch.equal(sequence[:, t], nxt[sequence[:, t - 2] * vocab + sequence[:, t - 1]])
+    assert torch.equal(targets[:, :-1], inputs[:, 1:])
+    with pytest.raises(ValueError, match=r"vocab\^k"):
+        MarkovChainTask(task.model, torch.ones(5, 3) / 3, seq_len=8, batch_size=2, seed=0, name="bad")

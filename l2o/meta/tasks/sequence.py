@@ -1,7 +1,9 @@
-"""Small transformers on a synthetic sequence task: next-token prediction in a random Markov chain."""
+"""Small transformers on a synthetic sequence task: next-token prediction in a random Markov chain
+(of order 1 by default; higher orders make the model attend to earlier tokens)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -48,26 +50,37 @@ class TinyTransformer(nn.Module):
 
 
 class MarkovChainTask(Task):
-    """Predict the next token of sequences from a fixed random Markov chain.
+    """Predict the next token of sequences from a fixed random Markov chain of order ``k``.
 
+    The first ``k`` tokens of a sequence are uniform; each later token is drawn from the row of
+    ``transitions`` indexed by the ``k`` tokens before it (``sum_i token[t - k + i] * vocab^(k-1-i)``).
     Batches are ``(inputs [B, L], targets [B, L])`` with ``targets`` the inputs shifted by one.
 
     Args:
-        transitions: ``[vocab, vocab]`` row-stochastic transition matrix.
+        transitions: ``[vocab^k, vocab]`` row-stochastic transition matrix (``k`` is read from its shape).
     """
 
     def __init__(
         self, model: nn.Module, transitions: Tensor, seq_len: int, batch_size: int, seed: int, name: str
     ) -> None:
         super().__init__(model, seed)
-        self.transitions, self.seq_len, self.batch_size, self.name = transitions, seq_len, batch_size, name
+        vocab = transitions.shape[-1]
+        order = round(math.log(transitions.shape[0], vocab)) if transitions.dim() == 2 and vocab > 1 else 0
+        if vocab**order != transitions.shape[0] or not 1 <= order <= seq_len:
+            raise ValueError(f"transitions must be [vocab^k, vocab] with 1 <= k <= seq_len={seq_len}, "
+                             f"got {tuple(transitions.shape)}")
+        self.transitions, self.order, self.seq_len, self.batch_size, self.name = (
+            transitions, order, seq_len, batch_size, name)
 
     def batch(self, step: int, split: str = "train") -> Batch:
         gen = self.generator(split, step)
-        vocab = self.transitions.shape[0]
-        tokens = [torch.randint(vocab, (self.batch_size,), generator=gen)]
-        for _ in range(self.seq_len):
-            tokens.append(torch.multinomial(self.transitions[tokens[-1]], 1, generator=gen).squeeze(1))
+        vocab = self.transitions.shape[1]
+        tokens = list(torch.randint(vocab, (self.order, self.batch_size), generator=gen))
+        for _ in range(self.seq_len + 1 - self.order):
+            context = torch.zeros(self.batch_size, dtype=torch.long)
+            for token in tokens[-self.order:]:
+                context = context * vocab + token
+            tokens.append(torch.multinomial(self.transitions[context], 1, generator=gen).squeeze(1))
         sequence = torch.stack(tokens, dim=1)
         return sequence[:, :-1], sequence[:, 1:]
 
@@ -86,6 +99,7 @@ class TransformerFamily(TaskFamily):
         seq_len: sequence length.
         batch_size: sequences per batch.
         temperature: scale of the transition logits; larger is more predictable.
+        orders: Markov orders drawn per task (how many previous tokens the next one depends on).
     """
 
     name = "transformer"
@@ -101,18 +115,21 @@ class TransformerFamily(TaskFamily):
         seq_len: int = 16,
         batch_size: int = 16,
         temperature: float = 3.0,
+        orders: Sequence[int] = (1,),
     ) -> None:
         self.vocab_sizes, self.d_models, self.heads = tuple(vocab_sizes), tuple(d_models), tuple(heads)
         self.depths, self.ff_mults, self.activations = tuple(depths), tuple(ff_mults), tuple(activations)
         self.seq_len, self.batch_size, self.temperature = seq_len, batch_size, temperature
+        self.orders = tuple(orders)
 
     def sample(self, seed: int) -> MarkovChainTask:
         rng = random.Random(derive_seed(seed, self.name))
         vocab, d_model = rng.choice(self.vocab_sizes), rng.choice(self.d_models)
         heads = rng.choice([h for h in self.heads if d_model % h == 0] or [1])
         depth, ff_mult, activation = rng.choice(self.depths), rng.choice(self.ff_mults), rng.choice(self.activations)
-        logits = self.temperature * torch.randn(vocab, vocab, generator=generator(seed, "chain"))
+        order = rng.choice(self.orders)
+        logits = self.temperature * torch.randn(vocab**order, vocab, generator=generator(seed, "chain"))
         with seeded(seed):
             model = TinyTransformer(vocab, d_model, heads, depth, ff_mult, self.seq_len, activation)
-        name = f"transformer-v{vocab}-d{d_model}h{heads}x{depth}-{activation}"
+        name = f"transformer-v{vocab}-d{d_model}h{heads}x{depth}-{activation}" + (f"-order{order}" if order > 1 else "")
         return MarkovChainTask(model, logits.softmax(-1), self.seq_len, self.batch_size, seed, name)
