@@ -14,11 +14,17 @@ Sizes (CPU, 2 cores):
   scikit-learn's 8x8 digits with checkpoints at epochs 0, 1, 2, 4, 8 (200 records, split 32/4/4 by
   architecture); models hidden 32, 3 layers (MLP: 2 hidden layers of 128); 12 epochs, patience 5,
   batch 32, AdamW 1e-3; probes 16; 3 seeds.
+* ``--size classify`` (INR classification only, about 2.5 hours per seed on one core): one SIREN fitted to
+  each of the 5000 images of MNIST-5k (4000/500/500 split by image), every encoder without probes;
+  25 epochs, patience 6, batch 64; 1 seed by default. At the full size the test split has 40 INRs,
+  too few to tell encoders apart on classification; this size asks whether 10x the data lifts
+  weight-only classification above chance on CPU (written to ``weight_space_classify``).
 * ``--quick``: 60 SIRENs on 8x8 digits (6 per class), 10 CNN architectures x 3 checkpoints, hidden 16, 2 layers,
   2 epochs, 1 seed (a smoke test, < 2 minutes; its numbers mean nothing).
 
-    python -m benchmarks.weight_space            # full
-    python -m benchmarks.weight_space --quick    # CI
+    python -m benchmarks.weight_space                    # full
+    python -m benchmarks.weight_space --size classify    # classification at 5000 INRs
+    python -m benchmarks.weight_space --quick            # CI
 """
 
 from __future__ import annotations
@@ -34,14 +40,18 @@ import torch
 
 from benchmarks.common import free_cores, write_results
 
+ALL_TASKS = ("inr-classify", "inr-edit", "generalization")
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"inr_source": "mnist5k", "inr_images": 400, "inr_steps": 200, "cnn_source": "digits",
-             "cnn_archs": 40, "checkpoints": (0, 1, 2, 4, 8), "epochs": 12, "patience": 5, "hidden": 32,
-             "layers": 3, "probes": 16, "seeds": 3},
-    "quick": {"inr_source": "digits", "inr_images": 60, "inr_steps": 100, "cnn_source": "digits",
-              "cnn_archs": 10, "checkpoints": (0, 1, 2), "epochs": 2, "patience": 2, "hidden": 16,
-              "layers": 2, "probes": 4, "seeds": 1},
+    "full": {"tasks": ALL_TASKS, "inr_source": "mnist5k", "inr_images": 400, "inr_steps": 200,
+             "cnn_source": "digits", "cnn_archs": 40, "checkpoints": (0, 1, 2, 4, 8), "epochs": 12, "patience": 5,
+             "batch_size": 32, "hidden": 32, "layers": 3, "probes": 16, "seeds": 3},
+    "classify": {"tasks": ("inr-classify",), "inr_source": "mnist5k", "inr_images": 5000, "inr_steps": 200,
+                 "epochs": 25, "patience": 6, "batch_size": 64, "hidden": 32, "layers": 3, "probes": 0, "seeds": 1},
+    "quick": {"tasks": ALL_TASKS, "inr_source": "digits", "inr_images": 60, "inr_steps": 100,
+              "cnn_source": "digits", "cnn_archs": 10, "checkpoints": (0, 1, 2), "epochs": 2, "patience": 2,
+              "batch_size": 32, "hidden": 16, "layers": 2, "probes": 4, "seeds": 1},
 }
+RESULT_NAMES = {"full": "weight_space", "classify": "weight_space_classify", "quick": "weight_space"}
 ENCODERS = ("ng-gnn", "ng-t", "deepsets", "mlp", "stats")
 
 
@@ -60,29 +70,32 @@ def balanced_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: in
 
 
 def make_zoos(size: dict[str, Any], cache: Path, workers: int) -> dict[str, Any]:
-    """The INR and CNN zoos of ``size`` (generated into ``cache`` if absent)."""
+    """The INR zoo and, when ``size`` has the generalization task, the CNN zoo (generated into
+    ``cache`` if absent)."""
     from encoders.zoo.cnn_zoo import make_cnn_zoo
     from encoders.zoo.images import load_images
     from encoders.zoo.inr_fit import InrConfig
     from encoders.zoo.inr_zoo import make_inr_zoo
 
     inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_steps']}"
-    cnn_name = f"cnn-{size['cnn_source']}-{size['cnn_archs']}-{'_'.join(map(str, size['checkpoints']))}"
     images = balanced_subset(*load_images(size["inr_source"]), size["inr_images"])
     config = InrConfig(steps=size["inr_steps"], batch_size=16, compile=False)  # batch size: the cached zoos'
-    inr = make_inr_zoo(cache / inr_name, images, config=config, workers=workers)
-    cnn = make_cnn_zoo(cache / cnn_name, size["cnn_source"], architectures=size["cnn_archs"],
-                       checkpoints=size["checkpoints"], workers=workers)
-    return {"inr": inr, "cnn": cnn}
+    zoos = {"inr": make_inr_zoo(cache / inr_name, images, config=config, workers=workers)}
+    if "generalization" in size["tasks"]:
+        cnn_name = f"cnn-{size['cnn_source']}-{size['cnn_archs']}-{'_'.join(map(str, size['checkpoints']))}"
+        zoos["cnn"] = make_cnn_zoo(cache / cnn_name, size["cnn_source"], architectures=size["cnn_archs"],
+                                   checkpoints=size["checkpoints"], workers=workers)
+    return zoos
 
 
 def runs(size: dict[str, Any]) -> list[tuple[str, str, int]]:
     """``(task, encoder, probes)`` of every row of the table."""
     out = [("inr-classify", e, 0) for e in ENCODERS]
-    out += [("inr-classify", e, size["probes"]) for e in ("ng-gnn", "ng-t")]
+    if size["probes"]:
+        out += [("inr-classify", e, size["probes"]) for e in ("ng-gnn", "ng-t")]
     out += [("inr-edit", e, 0) for e in ENCODERS if e != "stats"]
     out += [("generalization", e, 0) for e in ENCODERS]
-    return out
+    return [r for r in out if r[0] in size["tasks"]]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -96,15 +109,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI size (< 2 minutes)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: 3 full, 1 quick)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="protocol (see the module docstring)")
+    parser.add_argument("--quick", action="store_true", help="same as --size quick (CI, < 2 minutes)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the size's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: free cores)")
     parser.add_argument("--cache", type=Path, default=Path("runs/weight_space/zoos"), help="zoo folder cache")
     parser.add_argument("--out", type=Path, default=Path("results/weight_space"))
     args = parser.parse_args(argv)
     threads = args.threads or free_cores()
     torch.set_num_threads(threads)
-    size = SIZES["quick" if args.quick else "full"]
+    size_name = "quick" if args.quick else args.size
+    size = SIZES[size_name]
     seeds = args.seeds or size["seeds"]
 
     from tqdm.auto import tqdm
@@ -113,14 +128,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     start = time.perf_counter()
     zoos = make_zoos(size, args.cache, workers=threads)
-    tasks = {name: make_task(name, zoos["cnn" if name == "generalization" else "inr"])
-             for name in ("inr-classify", "inr-edit", "generalization")}
+    tasks = {name: make_task(name, zoos["cnn" if name == "generalization" else "inr"]) for name in size["tasks"]}
     rows, all_runs = [], []
     for task_name, encoder, probes in tqdm(runs(size), desc="weight-space runs"):
         results = []
         for seed in range(seeds):
-            config = FitConfig(epochs=size["epochs"], patience=size["patience"], hidden=size["hidden"],
-                               layers=size["layers"], probes=probes, seed=seed)
+            config = FitConfig(epochs=size["epochs"], patience=size["patience"], batch_size=size["batch_size"],
+                               hidden=size["hidden"], layers=size["layers"], probes=probes, seed=seed)
             folder = args.out / "runs" / f"{task_name}-{encoder}-p{probes}-seed{seed}"  # resumable
             result = fit(tasks[task_name], encoder, config=config, out=folder, progress=False)
             result.pop("history", None)
@@ -133,15 +147,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "parameters": results[0].get("parameters"),
                      "seconds": statistics.fmean(r["seconds"] for r in results)})
         all_runs += results
-    edit = tasks["inr-edit"]
-    markdown = (table(rows) + f"\n\nZoos: {len(zoos['inr'])} INRs ({size['inr_source']}), {len(zoos['cnn'])} CNN "
-                f"checkpoints of {size['cnn_archs']} architectures ({size['cnn_source']}). INR editing: the "
-                f"unedited test INRs have pixel MSE {edit.unedited_mse('test'):.4f} against their dilated "
-                "images. Accuracy and Kendall tau: higher is better; pixel MSE: lower is better.")
+    inr_task = next(t for t in tasks.values() if t.kind == "inr")
+    split = "/".join(str(len(inr_task.splits[s])) for s in ("train", "val", "test"))
+    zoo_notes = [f"{len(zoos['inr'])} INRs ({size['inr_source']}, train/val/test {split})"]
+    if "cnn" in zoos:
+        zoo_notes.append(f"{len(zoos['cnn'])} CNN checkpoints of {size['cnn_archs']} architectures "
+                         f"({size['cnn_source']})")
+    notes = f"Zoos: {', '.join(zoo_notes)}."
+    if "inr-edit" in tasks:
+        notes += (f" INR editing: the unedited test INRs have pixel MSE {tasks['inr-edit'].unedited_mse('test'):.4f} "
+                  "against their dilated images.")
+    if "inr-classify" in tasks:
+        notes += " INR classification: chance is 0.10."
+    markdown = table(rows) + f"\n\n{notes} Accuracy and Kendall tau: higher is better; pixel MSE: lower is better."
     size_json = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}
-    record = {"quick": args.quick, "threads": threads, "total_seconds": time.perf_counter() - start,
+    record = {"size_name": size_name, "threads": threads, "total_seconds": time.perf_counter() - start,
               "size": size_json, "rows": rows, "runs": all_runs}
-    write_results(args.out, "weight_space", record, markdown)
+    write_results(args.out, RESULT_NAMES[size_name], record, markdown)
     return record
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from torch import nn
 
-from benchmarks import l2o_quality, step_overhead
+from benchmarks import l2o_quality, step_overhead, weight_space
 from benchmarks.__main__ import available
 from benchmarks.common import free_cores, machine_info
 
@@ -44,3 +44,11 @@ def test_suite_lists_its_parts_and_describes_the_machine():
     assert {"step_overhead", "l2o_quality", "encoders_throughput"} <= set(available())
     info = machine_info()
     assert info["cores"] >= 1 and "torch" in info and 1 <= free_cores() <= info["cores"]
+
+
+def test_weight_space_sizes_run_their_tasks_only():
+    full = weight_space.runs(weight_space.SIZES["full"])
+    assert {task for task, _, _ in full} == set(weight_space.ALL_TASKS)
+    assert ("inr-classify", "ng-gnn", 16) in full and ("inr-edit", "stats", 0) not in full
+    classify = weight_space.runs(weight_space.SIZES["classify"])
+    assert classify == [("inr-classify", encoder, 0) for encoder in weight_space.ENCODERS]
