@@ -18,6 +18,7 @@ curves.
 
     python -m benchmarks.l2o_quality              # 4 tasks x 3 seeds x 1000 steps (~30 min on 2 cores)
     python -m benchmarks.l2o_quality --quick      # 2 tasks, 1 seed, 150 steps
+    python -m benchmarks.l2o_quality --rule runs/my-run/rule   # your meta-trained rule as NeuralGraphOpt
 """
 
 from __future__ import annotations
@@ -59,26 +60,29 @@ def make_task(name: str, seed: int):
     return families[name]().sample(seed)
 
 
-def make_optimizer(spec: tuple[str, float], model: torch.nn.Module, ff_rule: str | None) -> torch.optim.Optimizer:
+def make_optimizer(spec: tuple[str, float], model: torch.nn.Module, ff_rule: str | None,
+                   rule: str | None = None) -> torch.optim.Optimizer:
+    """``spec = (kind, lr)``; ``rule``: NeuralGraphOpt's rule (``None``: the shipped default)."""
     from l2o import NeuralGraphOpt
 
     kind, lr = spec
     if kind == "Adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
     if kind == "NeuralGraphOpt":
-        return NeuralGraphOpt(model.parameters(), lr=lr, model=model)
+        return NeuralGraphOpt(model.parameters(), lr=lr, model=model, rule=rule)
     if kind == "FF":
         return NeuralGraphOpt(model.parameters(), lr=lr, rule=ff_rule or "ff")
     raise ValueError(kind)
 
 
-def run(task_name: str, spec: tuple[str, float], seed: int, steps: int, ff_rule: str | None) -> dict[str, Any]:
+def run(task_name: str, spec: tuple[str, float], seed: int, steps: int, ff_rule: str | None,
+        rule: str | None = None) -> dict[str, Any]:
     """Train one (task, optimizer, seed); returns smoothed training curve and test losses."""
     torch.set_num_threads(1)
     task = make_task(task_name, seed)
     model = task.model
     params = dict(model.named_parameters())
-    opt = make_optimizer(spec, model, ff_rule)
+    opt = make_optimizer(spec, model, ff_rule, rule)
     train, window, test = [], [], []
     test_every = max(steps // 10, 1)
     for step in range(steps):
@@ -189,16 +193,17 @@ def table(rows: list[dict[str, Any]], speedup: dict[str, float]) -> str:
     return "\n".join(lines + speed)
 
 
-def report(record: dict[str, Any], out: Path, ff_rule: str | None) -> None:
+def report(record: dict[str, Any], out: Path, ff_rule: str | None, rule: str | None = None) -> None:
     """Summary table, plot and JSON of a finished set of runs (``record["runs"]``)."""
     from l2o.optim import DEFAULT_RULE
 
+    rule = rule or record.get("rule") or DEFAULT_RULE
     tasks, steps = list(dict.fromkeys(r["task"] for r in record["runs"])), record["steps"]
     rows, best_lr, speedup = summarize(record["runs"], tasks, steps)
     out.mkdir(parents=True, exist_ok=True)
     plot(record["runs"], tasks, out / "l2o_quality.png")
     markdown = (table(rows, speedup)
-                + f"\n\nNeuralGraphOpt rule: `{DEFAULT_RULE}`, FF rule: `{ff_rule or 'ff (untrained)'}`; "
+                + f"\n\nNeuralGraphOpt rule: `{rule}`, FF rule: `{ff_rule or 'ff (untrained)'}`; "
                 f"{steps} steps, seeds {record['seeds']}, Adam grid {record['grid']}. Losses are means over seeds "
                 f"of the last {SMOOTH}-step window; curves in `l2o_quality.png`. Speedup: steps / (steps "
                 "NeuralGraphOpt needs to reach tuned Adam's final loss), or, when it does not get there, "
@@ -212,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--rule", default=None,
+                        help="NeuralGraphOpt's rule: a rule folder (e.g. a meta-training run's rule/) or a "
+                             "shipped/Hub name (default: the shipped default rule)")
     parser.add_argument("--ff-rule", default=None, help="FF rule to compare (default: the shipped ff-v2, else 'ff')")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("results/l2o_quality"))
@@ -221,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.summarize is not None:
         record = json.loads(args.summarize.read_text())
         keep = ("command", "machine", "quick", "steps", "seeds", "grid", "runs")
-        report({k: record[k] for k in keep}, args.out, args.ff_rule or _shipped("ff-v2"))
+        rule = args.rule or record.get("rule")
+        report({k: record[k] for k in keep}, args.out, args.ff_rule or _shipped("ff-v2"), rule)
         return record
     tasks = ["cnn-digits", "mlp-wide-deep"] if args.quick else list(TASKS)
     steps = args.steps or (150 if args.quick else 1000)
@@ -231,20 +240,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     learned = [("NeuralGraphOpt", 1.0), ("FF", 1.0)]
     # phase 1: the learned optimizers on every seed, the Adam grid on the first seed (the tuning run);
     # phase 2: Adam at 1e-3 and at the tuned lr on the other seeds
-    phase1 = [(t, s, seed, steps, ff_rule) for t in tasks for s in learned for seed in seeds]
-    phase1 += [(t, ("Adam", lr), seeds[0], steps, ff_rule) for t in tasks for lr in grid]
+    phase1 = [(t, s, seed, steps, ff_rule, args.rule) for t in tasks for s in learned for seed in seeds]
+    phase1 += [(t, ("Adam", lr), seeds[0], steps, ff_rule, args.rule) for t in tasks for lr in grid]
 
     from tqdm.auto import tqdm
 
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         runs = list(tqdm(pool.map(run, *zip(*phase1)), total=len(phase1), desc="training runs (1/2)"))
         tuned = {t: groups_of(runs, t)[1] for t in tasks}
-        phase2 = [(t, ("Adam", lr), seed, steps, ff_rule) for t in tasks for lr in sorted({1e-3, tuned[t]})
-                  for seed in seeds[1:]]
+        phase2 = [(t, ("Adam", lr), seed, steps, ff_rule, args.rule) for t in tasks
+                  for lr in sorted({1e-3, tuned[t]}) for seed in seeds[1:]]
         if phase2:
             runs += list(tqdm(pool.map(run, *zip(*phase2)), total=len(phase2), desc="training runs (2/2)"))
     record = {"quick": args.quick, "steps": steps, "seeds": seeds, "grid": list(grid), "runs": runs}
-    report(record, args.out, ff_rule)
+    if args.rule is not None:
+        record["rule"] = args.rule
+    report(record, args.out, ff_rule, args.rule)
     return record
 
 

@@ -14,11 +14,12 @@ Sizes (CPU, 2 cores):
   scikit-learn's 8x8 digits with checkpoints at epochs 0, 1, 2, 4, 8 (200 records, split 32/4/4 by
   architecture); models hidden 32, 3 layers (MLP: 2 hidden layers of 128); 12 epochs, patience 5,
   batch 32, AdamW 1e-3; probes 16; 3 seeds.
-* ``--size classify`` (INR classification only, about 2.5 hours per seed on one core): one SIREN fitted to
-  each of the 5000 images of MNIST-5k (4000/500/500 split by image), every encoder without probes;
-  25 epochs, patience 6, batch 64; 1 seed by default. At the full size the test split has 40 INRs,
-  too few to tell encoders apart on classification; this size asks whether 10x the data lifts
-  weight-only classification above chance on CPU (written to ``weight_space_classify``).
+* ``--size classify`` (INR classification only; about 35 minutes per seed on one core, plus fitting
+  the zoo once): one SIREN fitted to each of the 5000 images of MNIST-5k (4000/500/500 split by
+  image), every encoder without probes; 25 epochs, patience 6, batch 64; 1 seed by default. At the
+  full size the test split has 40 INRs, too few to tell encoders apart on classification; this size
+  asks whether 10x the data lifts weight-only classification above chance on CPU (written to
+  ``weight_space_classify``).
 * ``--quick``: 60 SIRENs on 8x8 digits (6 per class), 10 CNN architectures x 3 checkpoints, hidden 16, 2 layers,
   2 epochs, 1 seed (a smoke test, < 2 minutes; its numbers mean nothing).
 

@@ -52,3 +52,13 @@ def test_weight_space_sizes_run_their_tasks_only():
     assert ("inr-classify", "ng-gnn", 16) in full and ("inr-edit", "stats", 0) not in full
     classify = weight_space.runs(weight_space.SIZES["classify"])
     assert classify == [("inr-classify", encoder, 0) for encoder in weight_space.ENCODERS]
+
+
+def test_l2o_quality_evaluates_the_rule_it_is_given():
+    from l2o.optim import DEFAULT_RULE
+
+    default = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None)
+    named = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None, rule=DEFAULT_RULE)
+    other = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None, rule="ff-v2")
+    assert default["train"] == named["train"]
+    assert other["train"] != default["train"]
