@@ -1,7 +1,13 @@
-"""Two CPU processes (gloo, accelerate.debug_launcher) give bitwise the same run as one process."""
+"""Two CPU processes (gloo, accelerate.debug_launcher) give bitwise the same run as one process.
+
+``debug_launcher`` forks its workers. Forking the pytest process, which earlier tests have left
+with helper threads (thread pools of other libraries), deadlocked now and then, so the workers are
+forked from a freshly spawned launcher process instead, and a launcher that hangs fails the test.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -27,11 +33,26 @@ def _train_in_child(config: dict, run_dir: str) -> None:
     marker.write_text(str(accelerator.distributed_type))
 
 
+def _launch_two(config: dict, run_dir: str) -> None:
+    torch.manual_seed(0)  # the global generator the checkpoints record, as in the one-process run
+    load_image_data("digits")  # load once here; the forked children inherit the cache
+    debug_launcher(_train_in_child, args=(config, run_dir), num_processes=2)
+
+
+LAUNCH_TIMEOUT_S = 600
+
+
 @pytest.mark.parametrize("estimator", ["pes", "tbptt"])
 def test_two_processes_equal_one_process(tmp_path, estimator):
     config = small_config(estimator={"name": estimator}, n_tasks=4, steps=4, checkpoint_every=2)
-    load_image_data("digits")  # load once here; the forked children inherit the cache
-    debug_launcher(_train_in_child, args=(config, str(tmp_path / "two")), num_processes=2)
+    launcher = multiprocessing.get_context("spawn").Process(target=_launch_two, args=(config, str(tmp_path / "two")))
+    launcher.start()
+    launcher.join(LAUNCH_TIMEOUT_S)
+    if launcher.is_alive():
+        launcher.kill()
+        pytest.fail(f"two-process meta-training did not finish within {LAUNCH_TIMEOUT_S} s")
+    assert launcher.exitcode == 0, f"two-process meta-training failed (exit code {launcher.exitcode})"
+    torch.manual_seed(0)
     single = meta_train(config, tmp_path / "one")
 
     assert sorted(p.name for p in (tmp_path / "two").glob("rank*")) == ["rank0-of-2", "rank1-of-2"]
