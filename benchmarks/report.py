@@ -16,7 +16,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
-ORDER = ("step_overhead", "l2o_quality", "encoders_throughput", "zoo_throughput", "weight_space")
+ORDER = ("step_overhead", "l2o_quality", "encoders_throughput", "zoo_throughput", "weight_space",
+         "weight_space_classify")
 
 PUBLISHED = """## Comparison with the published numbers
 
