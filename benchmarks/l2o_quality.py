@@ -193,11 +193,12 @@ def table(rows: list[dict[str, Any]], speedup: dict[str, float]) -> str:
     return "\n".join(lines + speed)
 
 
-def report(record: dict[str, Any], out: Path, ff_rule: str | None, rule: str | None = None) -> None:
-    """Summary table, plot and JSON of a finished set of runs (``record["runs"]``)."""
+def report(record: dict[str, Any], out: Path, ff_rule: str | None) -> None:
+    """Summary table, plot and JSON of a finished set of runs (``record["runs"]``; ``record["rule"]``:
+    NeuralGraphOpt's rule when it was not the default)."""
     from l2o.optim import DEFAULT_RULE
 
-    rule = rule or record.get("rule") or DEFAULT_RULE
+    rule = record.get("rule") or DEFAULT_RULE
     tasks, steps = list(dict.fromkeys(r["task"] for r in record["runs"])), record["steps"]
     rows, best_lr, speedup = summarize(record["runs"], tasks, steps)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,9 +229,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.summarize is not None:
         record = json.loads(args.summarize.read_text())
-        keep = ("command", "machine", "quick", "steps", "seeds", "grid", "runs")
-        rule = args.rule or record.get("rule")
-        report({k: record[k] for k in keep}, args.out, args.ff_rule or _shipped("ff-v2"), rule)
+        keep = ("command", "machine", "quick", "steps", "seeds", "grid", "runs", "rule")
+        if args.rule is not None:
+            record["rule"] = args.rule
+        report({k: record[k] for k in keep if k in record}, args.out, args.ff_rule or _shipped("ff-v2"))
         return record
     tasks = ["cnn-digits", "mlp-wide-deep"] if args.quick else list(TASKS)
     steps = args.steps or (150 if args.quick else 1000)
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = {"quick": args.quick, "steps": steps, "seeds": seeds, "grid": list(grid), "runs": runs}
     if args.rule is not None:
         record["rule"] = args.rule
-    report(record, args.out, ff_rule, args.rule)
+    report(record, args.out, ff_rule)
     return record
 
 

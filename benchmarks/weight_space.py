@@ -43,16 +43,16 @@ from benchmarks.common import free_cores, write_results
 
 ALL_TASKS = ("inr-classify", "inr-edit", "generalization")
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"tasks": ALL_TASKS, "inr_source": "mnist5k", "inr_images": 400, "inr_steps": 200,
-             "cnn_source": "digits", "cnn_archs": 40, "checkpoints": (0, 1, 2, 4, 8), "epochs": 12, "patience": 5,
-             "batch_size": 32, "hidden": 32, "layers": 3, "probes": 16, "seeds": 3},
-    "classify": {"tasks": ("inr-classify",), "inr_source": "mnist5k", "inr_images": 5000, "inr_steps": 200,
-                 "epochs": 25, "patience": 6, "batch_size": 64, "hidden": 32, "layers": 3, "probes": 0, "seeds": 1},
-    "quick": {"tasks": ALL_TASKS, "inr_source": "digits", "inr_images": 60, "inr_steps": 100,
-              "cnn_source": "digits", "cnn_archs": 10, "checkpoints": (0, 1, 2), "epochs": 2, "patience": 2,
-              "batch_size": 32, "hidden": 16, "layers": 2, "probes": 4, "seeds": 1},
+    "full": {"result": "weight_space", "tasks": ALL_TASKS, "inr_source": "mnist5k", "inr_images": 400,
+             "inr_steps": 200, "cnn_source": "digits", "cnn_archs": 40, "checkpoints": (0, 1, 2, 4, 8),
+             "epochs": 12, "patience": 5, "batch_size": 32, "hidden": 32, "layers": 3, "probes": 16, "seeds": 3},
+    "classify": {"result": "weight_space_classify", "tasks": ("inr-classify",), "inr_source": "mnist5k",
+                 "inr_images": 5000, "inr_steps": 200, "epochs": 25, "patience": 6, "batch_size": 64, "hidden": 32,
+                 "layers": 3, "probes": 0, "seeds": 1},
+    "quick": {"result": "weight_space", "tasks": ALL_TASKS, "inr_source": "digits", "inr_images": 60,
+              "inr_steps": 100, "cnn_source": "digits", "cnn_archs": 10, "checkpoints": (0, 1, 2), "epochs": 2,
+              "patience": 2, "batch_size": 32, "hidden": 16, "layers": 2, "probes": 4, "seeds": 1},
 }
-RESULT_NAMES = {"full": "weight_space", "classify": "weight_space_classify", "quick": "weight_space"}
 ENCODERS = ("ng-gnn", "ng-t", "deepsets", "mlp", "stats")
 
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size_json = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}
     record = {"size_name": size_name, "threads": threads, "total_seconds": time.perf_counter() - start,
               "size": size_json, "rows": rows, "runs": all_runs}
-    write_results(args.out, RESULT_NAMES[size_name], record, markdown)
+    write_results(args.out, size["result"], record, markdown)
     return record
 
 

@@ -76,11 +76,12 @@ class MarkovChainTask(Task):
         gen = self.generator(split, step)
         vocab = self.transitions.shape[1]
         tokens = list(torch.randint(vocab, (self.order, self.batch_size), generator=gen))
+        context = torch.zeros(self.batch_size, dtype=torch.long)  # row index of the last `order` tokens
+        for token in tokens:
+            context = context * vocab + token
         for _ in range(self.seq_len + 1 - self.order):
-            context = torch.zeros(self.batch_size, dtype=torch.long)
-            for token in tokens[-self.order:]:
-                context = context * vocab + token
             tokens.append(torch.multinomial(self.transitions[context], 1, generator=gen).squeeze(1))
+            context = context * vocab % self.transitions.shape[0] + tokens[-1]
         sequence = torch.stack(tokens, dim=1)
         return sequence[:, :-1], sequence[:, 1:]
 
