@@ -139,8 +139,8 @@ class NeuralGraph:
 
     @classmethod
     def _finish(cls, builder, named: list[tuple[str, Tensor]], layout: dict[str, Any]) -> NeuralGraph:
-        graph = cls(**builder.finish(named, **layout))
-        graph.x, graph.edge_attr = graph.features([t.detach() for _, t in named])
+        graph = cls(**builder.finish(named, **layout))  # the structure lives on the CPU, its features too
+        graph.x, graph.edge_attr = graph.features([t.detach().cpu() for _, t in named])
         return graph
 
     # ------------------------------------------------------------------ sizes
@@ -183,16 +183,17 @@ class NeuralGraph:
     def features(self, params: list[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
         """Node and edge features for new parameter values (list in graph order, or flat ``[P]``).
 
-        Returns ``x [N, Cn]`` and ``edge_attr [E, Ce*K]``; differentiable w.r.t. ``params``.
-        Extra leading dims are not supported; use ``torch.func.vmap`` for batches.
+        Returns ``x [N, Cn]`` and ``edge_attr [E, Ce*K]`` on the device of ``params``; differentiable
+        w.r.t. ``params``. Extra leading dims are not supported; use ``torch.func.vmap`` for batches.
         """
         flat = params if isinstance(params, Tensor) else self.flatten(params)
         if flat.shape != (self.num_params,):
             raise ValueError(f"expected a flat parameter vector of {self.num_params} values, got {tuple(flat.shape)}")
+        node_slot, node_pos, edge_slot, edge_pos = self._element_maps(flat.device)
         x = flat.new_zeros(self.num_nodes * self.node_channels)
-        x = x.index_copy(0, self.node_elem_slot, flat[self.node_elem_pos])
+        x = x.index_copy(0, node_slot, flat[node_pos])
         edge = self.edge_base.to(flat).reshape(-1)
-        edge = edge.index_copy(0, self.edge_elem_slot, flat[self.edge_elem_pos])
+        edge = edge.index_copy(0, edge_slot, flat[edge_pos])
         return x.view(self.num_nodes, self.node_channels), edge.view(self.edge_base.shape)
 
     def to_flat(self, x: Tensor | None = None, edge_attr: Tensor | None = None) -> Tensor:
@@ -208,9 +209,16 @@ class NeuralGraph:
             raise ValueError(
                 f"edge_attr must have shape {tuple(self.edge_base.shape)}, got {tuple(edge_attr.shape)}"
             )
+        node_slot, node_pos, edge_slot, edge_pos = self._element_maps(x.device)
         flat = x.new_zeros(self.num_params)
-        flat = flat.index_copy(0, self.node_elem_pos, x.reshape(-1)[self.node_elem_slot])
-        return flat.index_copy(0, self.edge_elem_pos, edge_attr.reshape(-1)[self.edge_elem_slot])
+        flat = flat.index_copy(0, node_pos, x.reshape(-1)[node_slot])
+        return flat.index_copy(0, edge_pos, edge_attr.reshape(-1)[edge_slot])
+
+    def _element_maps(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Where parameter elements sit among the features (node slot, node position, edge slot, edge
+        position), on ``device``: the graph's structure lives on the CPU, values may live anywhere."""
+        maps = (self.node_elem_slot, self.node_elem_pos, self.edge_elem_slot, self.edge_elem_pos)
+        return tuple(m.to(device) for m in maps)
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split a flat vector ``[P]`` into ``{name: tensor}`` with the parameters' shapes."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from l2o.meta.config import MetaTrainConfig, RuleConfig, resolve_rule_class
 from l2o.meta.estimators import ESTIMATORS, Estimator, TruncatedBPTT
 from l2o.meta.seeding import derive_seed
@@ -35,8 +37,8 @@ def build_schedule(config: MetaTrainConfig) -> TruncationSchedule:
     return LogUniformSchedule(t.min_length, t.max_length)
 
 
-def build_estimator(config: MetaTrainConfig, rule: UpdateRule) -> Estimator:
-    """The configured estimator over a truncated step of ``rule``."""
+def build_estimator(config: MetaTrainConfig, rule: UpdateRule, device: torch.device | str = "cpu") -> Estimator:
+    """The configured estimator over a truncated step of ``rule`` (inner problems on ``device``)."""
     truncated_step = TruncatedStep(
         rule,
         build_family(config),
@@ -48,6 +50,7 @@ def build_estimator(config: MetaTrainConfig, rule: UpdateRule) -> Estimator:
         weight_decay=config.inner.weight_decay,
         initial_offset=config.truncation.initial_offset,
         seed=derive_seed(config.seed, "inner"),
+        device=device,
     )
     cls = ESTIMATORS[config.estimator.name]
     seed = derive_seed(config.seed, "estimator")

@@ -13,6 +13,7 @@ YAML layout (every key optional except where noted)::
     outer: {lr: 3.0e-4, clip_norm: 1.0, lr_schedule: cosine}
     n_tasks: 8
     steps: 1000
+    device: cpu                           # or cuda (each process's GPU), or auto
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from l2o.meta.trainer import LR_SCHEDULES
 from l2o.meta.truncated_step import META_LOSSES
 from l2o.meta.truncation import SCHEDULES
 
+DEVICES = ("cpu", "cuda", "auto")
+
 __all__ = [
+    "DEVICES",
     "ConfigError",
     "EstimatorConfig",
     "InnerConfig",
@@ -127,6 +131,8 @@ class MetaTrainConfig:
         log_inner_every: log the inner loss curves of every slot this often.
         max_consecutive_failures: stop after this many non-finite meta-steps in a row.
         progress: show a progress bar.
+        device: where the inner problems and the rule run: ``"cpu"``, ``"cuda"`` (each process's
+            GPU under a multi-GPU launch) or ``"auto"`` (``"cuda"`` when a GPU is visible).
     """
 
     rule: RuleConfig = field(default_factory=RuleConfig)
@@ -143,6 +149,7 @@ class MetaTrainConfig:
     log_inner_every: int = 10
     max_consecutive_failures: int = 5
     progress: bool = True
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON form (inverse of :func:`config_from_dict`)."""
@@ -160,6 +167,7 @@ class MetaTrainConfig:
         _choice("truncation.schedule", self.truncation.schedule, SCHEDULES)
         _choice("inner.meta_loss", self.inner.meta_loss, META_LOSSES)
         _choice("outer.lr_schedule", self.outer.lr_schedule, LR_SCHEDULES)
+        _choice("device", self.device, DEVICES)
         if not self.tasks:
             raise ConfigError("tasks: give at least one task family")
         for i, task in enumerate(self.tasks):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from l2o.hub import RULES, save_pretrained
 from l2o.meta.build import build_estimator, build_rule
 from l2o.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from l2o.meta.config import MetaTrainConfig, config_from_dict, load_config
+from l2o.meta.config import ConfigError, MetaTrainConfig, config_from_dict, load_config
 from l2o.meta.metrics import MetricsLog, read_metrics
 from l2o.meta.plot import plot_metrics
 from l2o.meta.trainer import MetaTrainer
@@ -34,7 +35,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "meta_training.png"
 RULE_DIR = "rule"
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_inner_every", "max_consecutive_failures", "progress")
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_inner_every", "max_consecutive_failures", "progress", "device")
 
 
 class MetaTrainingDiverged(RuntimeError):
@@ -58,8 +59,9 @@ def meta_train(
             meta-parameters, Adam, every slot's inner and PES states, RNG); otherwise start afresh.
         rule: train this rule object instead of building ``config.rule`` (its class must be
             registered with :func:`l2o.hub.register_rule` so the result can be saved).
-        accelerator: the process group (default: ``Accelerator(cpu=True)``, which picks up a
-            multi-process launch from the environment). Task slots are split over the processes.
+        accelerator: the process group (default: an ``Accelerator`` on ``config.device``, which
+            picks up a multi-process launch from the environment). Task slots are split over the
+            processes; the rule and the inner problems run on ``accelerator.device``.
 
     Returns:
         The meta-trained rule (also saved to ``run_dir/rule``).
@@ -74,13 +76,21 @@ def meta_train(
     rule = rule if rule is not None else build_rule(config.rule)
     if RULES.get(type(rule).__name__) is not type(rule):
         raise ValueError(f"{type(rule).__qualname__} is not registered; decorate it with @l2o.hub.register_rule()")
-    accelerator = accelerator or Accelerator(cpu=True)
+    cuda = _use_cuda(config.device)
+    accelerator = accelerator or Accelerator(cpu=not cuda)
+    if accelerator.device.type != ("cuda" if cuda else "cpu"):
+        raise ConfigError(
+            f"device: {config.device!r} asks for {'a GPU' if cuda else 'the CPU'}, but this process's accelerate "
+            f"state was already set up for {accelerator.device} (accelerate keeps one per process); run on "
+            "the other device in a new process"
+        )
+    rule.to(accelerator.device)
     main = accelerator.is_main_process
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
 
     trainer = MetaTrainer(
-        build_estimator(config, rule),
+        build_estimator(config, rule, accelerator.device),
         n_tasks=config.n_tasks,
         lr=config.outer.lr,
         betas=config.outer.betas,
@@ -92,7 +102,7 @@ def meta_train(
     )
     resumed = resume and checkpoint_path.exists()
     if resumed:
-        state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint(checkpoint_path, accelerator.device)
         trainer.load_state_dict(state)
         _check_same_run(state.get("config", {}), config.to_dict(), checkpoint_path)
     if main:
@@ -162,3 +172,10 @@ def _as_config(config: MetaTrainConfig | dict[str, Any] | str | Path, check_rule
     if isinstance(config, dict):
         return config_from_dict(config, check_rule=check_rule)
     return load_config(config, check_rule=check_rule)
+
+
+def _use_cuda(device: str) -> bool:
+    """Whether ``config.device`` asks for GPUs (``"auto"``: when one is visible)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())

@@ -155,7 +155,7 @@ class MetaTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.worker_states = [state["worker_states"][slot] for slot in self.slots]
         self.meta_step = int(state["meta_step"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
 
     def _rule_spec(self) -> dict[str, Any]:
         return {"class": type(self.rule).__name__, "config": json.loads(json.dumps(self.rule.config()))}

@@ -116,6 +116,8 @@ class TruncatedStep:
         initial_offset: the first episode of each slot starts at a random inner iteration in
             ``[0, min(initial_offset, length - 1)]`` so that slots finish at different times.
         seed: keys every task, length and offset draw.
+        device: where the inner problems run (their models, parameters and batches; the rule must be
+            there too). Batches are still drawn on the CPU, so every device sees the same data.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class TruncatedStep:
         weight_decay: float = 0.0,
         initial_offset: int = 0,
         seed: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         if meta_loss not in META_LOSSES:
             raise ValueError(f"unknown meta_loss {meta_loss!r}; choose one of {list(META_LOSSES)}")
@@ -140,6 +143,7 @@ class TruncatedStep:
         self.unroll_length, self.meta_loss, self.second_order = unroll_length, meta_loss, second_order
         self.lr, self.weight_decay = lr, weight_decay
         self.initial_offset, self.seed = initial_offset, seed
+        self.device = torch.device(device)
         self._tasks: dict[tuple[int, int], _TaskEntry] = {}
 
     def task(self, slot: int, episode: int) -> _TaskEntry:
@@ -149,6 +153,7 @@ class TruncatedStep:
             for stale in [k for k in self._tasks if k[0] == slot]:
                 del self._tasks[stale]
             task = self.family.sample(derive_seed(self.seed, "task", slot, episode))
+            task.model.to(self.device)
             params = task.init_params()
             context = self.rule.build_context(list(params.values()), task.model)
             self._tasks[key] = _TaskEntry(task, list(params), context)
@@ -194,7 +199,7 @@ class TruncatedStep:
             params, opt_state = state.params, state.opt_state
             train_losses, terms = [], []
             for i in range(steps):
-                batch = task.batch(state.step + i)
+                batch = self._batch(task, state.step + i)
                 loss, grads = _loss_and_grads(task, names, params, batch, differentiable and self.second_order)
                 params, opt_state = learned_step(
                     self.rule,
@@ -212,7 +217,7 @@ class TruncatedStep:
             if self.meta_loss == "train_mean":
                 meta_loss = torch.stack(terms).mean()
             else:
-                meta_loss = task.loss(dict(zip(names, params)), task.batch(state.step + steps, "test"))
+                meta_loss = task.loss(dict(zip(names, params)), self._batch(task, state.step + steps, "test"))
         new_state = replace(state, step=state.step + steps, params=params, opt_state=opt_state)
         output = UnrollOutput(
             slot=state.slot,
@@ -223,3 +228,7 @@ class TruncatedStep:
             done=new_state.step >= state.length,
         )
         return new_state, output
+
+    def _batch(self, task: Task, step: int, split: str = "train") -> Batch:
+        """``task``'s batch (drawn on the CPU) on :attr:`device`."""
+        return tuple(x.to(self.device) for x in task.batch(step, split))

@@ -70,6 +70,7 @@ def test_yaml_config_loads_and_round_trips(tmp_path):
         ({"tasks": []}, r"at least one task family"),
         ({"tasks": [{"family": "mlp", "weight": "heavy"}]}, r"tasks\[0\].weight must be float"),
         ({"rule": ["ff"]}, r"rule must be a rule name or a mapping"),
+        ({"device": "tpu"}, r"unknown device 'tpu'; choose one of \['auto', 'cpu', 'cuda'\]"),
     ],
 )
 def test_invalid_configs_name_what_is_valid(data, message):

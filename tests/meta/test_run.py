@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from l2o.hub import from_pretrained
-from l2o.meta import MetaTrainer, MetaTrainingDiverged, meta_train
+from l2o.meta import ConfigError, MetaTrainer, MetaTrainingDiverged, meta_train
 from l2o.meta.checkpoint import CheckpointError, load_checkpoint
 from l2o.meta.metrics import read_metrics
 from tests.meta.rules import LogLRRule, MomentumRule, PoisonRule
@@ -218,3 +218,18 @@ def test_meta_train_the_ff_rule(tmp_path, estimator, tasks):
 def test_tbptt_through_the_ff_rule_on_an_mlp(tmp_path):
     config = _ff_config("tbptt", [{"family": "mlp", "widths": [8], "depths": [1]}])
     meta_train({**config, "max_consecutive_failures": 2}, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_asking_for_cuda_without_a_gpu_names_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="device: 'cuda' was asked for, but torch sees no CUDA device"):
+        meta_train(small_config(device="cuda"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'auto' means the GPU there (tests/test_cuda.py)")
+def test_auto_device_is_the_cpu_without_a_gpu_and_device_is_no_part_of_a_runs_identity(tmp_path):
+    meta_train(small_config(steps=3), tmp_path / "run")
+    rule = meta_train(small_config(steps=5, device="auto"), tmp_path / "run")  # resumes despite the new device
+    assert next(rule.parameters()).device.type == "cpu"
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4, 5]

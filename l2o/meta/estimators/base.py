@@ -88,9 +88,10 @@ class Estimator(ABC):
         return Estimate(torch.stack(grads), torch.stack(losses), curves), new_states
 
     def noise(self, meta_step: int, slot: int, theta: Tensor, sigma: float) -> Tensor:
-        """Gaussian perturbation ``[P]`` with std ``sigma`` for ``(meta_step, slot)``."""
+        """Gaussian perturbation ``[P]`` with std ``sigma`` for ``(meta_step, slot)`` (drawn on the CPU, so
+        the same on every device, then moved to ``theta``'s)."""
         gen = generator(self.seed, self.name, meta_step, slot)
-        return sigma * torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
+        return sigma * torch.randn(theta.shape, generator=gen, dtype=theta.dtype).to(theta.device)
 
     def advance(self, state: InnerState, out: UnrollOutput, loss: Tensor, grad: Tensor | None = None) -> InnerState:
         """``state`` after a truncation, or the slot's next episode when this one ended or diverged
