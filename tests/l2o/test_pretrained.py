@@ -49,12 +49,15 @@ def test_default_optimizer_uses_the_shipped_rule_and_trains(name):
 
 @pytest.mark.parametrize("name, recipe", [(name, recipe) for name, _, recipe in SHIPPED])
 def test_documented_recipe_reproduces_the_shipped_run(name, recipe, tmp_path):
-    """The first two meta-steps of the documented config give the meta-losses the shipped run logged
-    (the first before any update, the second after one outer Adam step)."""
+    """The first two meta-steps of the documented config give the meta-losses the shipped run logged:
+    the first (before any update) to rounding, the second (after one outer Adam step) to 1e-3; separate
+    runs of the same code on the same CPU differ there by 1e-4 to 3e-4 relative (see
+    docs/meta_training.md), while another task, batch or inner state would differ by far more."""
     config = load_config(Path(__file__).parents[2] / "l2o" / "meta" / "configs" / recipe)
     shipped = load_config(PRETRAINED_DIR / name / "recipe.yaml")
     assert dataclasses.asdict(config) == dataclasses.asdict(shipped), "the documented recipe is not the shipped one"
     meta_train(dataclasses.replace(config, steps=2, progress=False), tmp_path / "run")
     ours = [json.loads(line)["meta_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = [json.loads(line)["meta_loss"] for line in (PRETRAINED_DIR / name / "metrics.jsonl").open()][:2]
-    assert ours == pytest.approx(logged, rel=1e-4)
+    assert ours[0] == pytest.approx(logged[0], rel=1e-6)
+    assert ours[1] == pytest.approx(logged[1], rel=1e-3)
