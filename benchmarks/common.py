@@ -116,8 +116,10 @@ def write_results(out: Path, name: str, record: dict[str, Any], markdown: str) -
     record = {"benchmark": name, "command": command_line(), "machine": machine_info(), **record}  # a record
     # rebuilt from saved runs keeps the command and machine that produced them
     (out / f"{name}.json").write_text(json.dumps(record, indent=2))
-    header = f"## {name}\n\nCommand: `{record['command']}`  \nMachine: {record['machine']['cpu']}, " \
-             f"{record['machine']['cores']} cores, torch {record['machine']['torch']}, {record['machine']['date']}\n\n"
+    machine = record["machine"]
+    gpu = f", GPU {machine['gpu']}" if "gpu" in machine else ""
+    header = (f"## {name}\n\nCommand: `{record['command']}`  \nMachine: {machine['cpu']}, {machine['cores']} "
+              f"cores{gpu}, torch {machine['torch']}, {machine['date']}\n\n")
     (out / f"{name}.md").write_text(header + markdown + "\n")
     print(header + markdown)
     print(f"results: {out / (name + '.json')}, {out / (name + '.md')}")

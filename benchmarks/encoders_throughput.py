@@ -10,6 +10,7 @@ RSS growth during forward+backward over its state after building the model and t
     python -m benchmarks.encoders_throughput            # full: batch 128, 5 repeats
     python -m benchmarks.encoders_throughput --quick    # < 1 minute (batch 32, SIRENs only)
     python -m benchmarks.encoders_throughput --figure docs/images/encoders_throughput.png
+    python -m benchmarks.encoders_throughput --device cuda   # the GPU alone: results named encoders_throughput_cuda
 
 Writes ``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
 """
@@ -150,9 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores not busy "
                         "with other work, judged from the load average; at least 1)")
     parser.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
-    parser.add_argument("--out", type=Path, default=Path("results/encoders_throughput"))
+    parser.add_argument("--out", type=Path, default=None, help="default: results/<name>")
     parser.add_argument("--figure", type=Path, help="also write the throughput figure here")
     args = parser.parse_args(argv)
+    name = "encoders_throughput_cuda" if args.device == "cuda" else "encoders_throughput"
+    args.out = args.out or Path("results") / name
     batch, repeats = (32, 2) if args.quick else (args.batch, args.repeats)
     workloads = ["siren"] if args.quick else ["siren", "cnn"]
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(r)
                 print(f"{encoder:13s} {workload:6s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} s/batch, "
                       f"{r['graphs_per_s']:8.1f} graphs/s, peak {r['peak_mb']:7.0f} MB", flush=True)
-    write_results(args.out, "encoders_throughput", {"threads": args.threads, "reference": REFERENCE,
+    write_results(args.out, name, {"threads": args.threads, "reference": REFERENCE,
                                                     "results": results}, markdown(results))
     figure(results, args.out / "throughput.png")
     if args.figure:

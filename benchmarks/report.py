@@ -16,8 +16,14 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
-ORDER = ("step_overhead", "l2o_quality", "encoders_throughput", "zoo_throughput", "weight_space",
-         "weight_space_classify")
+ORDER = ("step_overhead", "step_overhead_cuda", "l2o_quality", "recipe_spread", "encoders_throughput",
+         "encoders_throughput_cuda", "zoo_throughput", "weight_space", "weight_space_classify")
+VARIANTS = {
+    "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
+    "encoders_throughput_cuda": "python -m benchmarks.encoders_throughput --device cuda",
+    "weight_space_classify": "python -m benchmarks.weight_space --size classify",
+}
+"""Sections written by another size or device of a benchmark, and the command that writes each."""
 
 PUBLISHED = """## Comparison with the published numbers
 
@@ -50,7 +56,8 @@ def build(results: Path, docs: Path) -> str:
         folder = results / name
         table = folder / f"{name}.md"
         if not table.exists():
-            parts += [f"## {name}", "", f"Not run yet: `python -m benchmarks {name}`.", ""]
+            command = VARIANTS.get(name, f"python -m benchmarks {name}")
+            parts += [f"## {name}", "", f"Not run yet: `{command}`.", ""]
             continue
         parts.append(table.read_text().strip())
         for png in sorted(folder.glob("*.png")):

@@ -7,8 +7,12 @@ state bytes per parameter and the extra memory of a steady-state step (peak RSS 
 parameter, checked against the design targets; then step time against parameter count (MLPs from
 0.1M to 38M parameters, log-log plot). Ratios against Adam come from the same run. Timings are printed, never asserted.
 
-    python -m benchmarks.step_overhead            # full (about 10 minutes on 2 cores)
-    python -m benchmarks.step_overhead --quick    # about a minute
+    python -m benchmarks.step_overhead                 # full (about 10 minutes on 2 cores)
+    python -m benchmarks.step_overhead --quick         # about a minute
+    python -m benchmarks.step_overhead --device cuda   # on the GPU: results named step_overhead_cuda
+
+On a GPU, 'transient' is the growth of ``torch.cuda.max_memory_allocated`` during a steady-state
+step and the CPU design targets are not applied.
 """
 
 from __future__ import annotations
@@ -91,39 +95,48 @@ def _tensor_bytes(tree: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
-def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: str, repeats: int) -> dict[str, float]:
-    """One (model, optimizer) pair, in the calling process. Returns per-parameter figures."""
+def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: str, repeats: int,
+            device: str = "cpu") -> dict[str, float]:
+    """One (model, optimizer) pair on ``device``, in the calling process. Returns per-parameter figures."""
     torch.manual_seed(0)
     model, batch = model_fn()
+    model, batch = model.to(device), batch.to(device)
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else lambda: None
     n = sum(p.numel() for p in model.parameters())
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-2
     opt = make_optimizer(optimizer, model)
     opt.step()  # allocates the state
     gc.collect()
-    before = _memory("VmRSS")
-    _reset_peak()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else _memory("VmRSS")
+    if not cuda:
+        _reset_peak()
     opt.step()  # a steady-state step: what it allocates on top of parameters, gradients and state
-    transient = _memory("VmHWM") - before
+    sync()
+    transient = (torch.cuda.max_memory_allocated() if cuda else _memory("VmHWM")) - before
     state = _tensor_bytes(opt.state_dict()["state"])
-    step = median_time(opt.step, repeats, warmup=1)
+    step = median_time(opt.step, repeats, warmup=1, sync=sync)
 
     def forward_backward() -> None:
         model.zero_grad()
         out = model(batch)
         out.float().pow(2).mean().backward()
 
-    fwd_bwd = median_time(forward_backward, repeats, warmup=1)
+    fwd_bwd = median_time(forward_backward, repeats, warmup=1, sync=sync)
     return {
         "params": n, "step_s": step, "forward_backward_s": fwd_bwd, "state_bytes_per_param": state / n,
         "transient_bytes_per_param": transient / n, "step_us_per_param": step / n * 1e6,
     }
 
 
-def measure_keyed(model_key: tuple[str, int], optimizer: str, repeats: int) -> dict[str, float]:
+def measure_keyed(model_key: tuple[str, int], optimizer: str, repeats: int, device: str = "cpu") -> dict[str, float]:
     """:func:`measure` on a reference model (``(name, 0)``) or an MLP of width ``w`` (``("mlp", w)``)."""
     kind, width = model_key
-    return measure(MODELS[kind] if kind in MODELS else (lambda: mlp(width)), optimizer, repeats)
+    return measure(MODELS[kind] if kind in MODELS else (lambda: mlp(width)), optimizer, repeats, device)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -186,8 +199,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="small models and few repeats (about a minute)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
-    parser.add_argument("--out", type=Path, default=Path("results/step_overhead"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/<name>")
     args = parser.parse_args(argv)
+    name = "step_overhead" if args.device == "cpu" else "step_overhead_cuda"
+    args.out = args.out or Path("results") / name
     threads = args.threads or free_cores()
     repeats = args.repeats or (2 if args.quick else 5)
     models = list(MODELS)[:2] if args.quick else list(MODELS)
@@ -195,16 +211,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from tqdm.auto import tqdm
 
+    # on the CPU each measurement gets a fresh process (its own RSS high-water mark); CUDA peak memory
+    # is reset per measurement, so there they share this one (a spawned process costs seconds)
+    measure_in = run_isolated if args.device == "cpu" else lambda fn, *a, threads: fn(*a)
     rows = []
     for model in tqdm(models, desc="reference models"):
-        results = {opt: run_isolated(measure_keyed, (model, 0), opt, repeats, threads=threads) for opt in OPTIMIZERS}
+        results = {opt: measure_in(measure_keyed, (model, 0), opt, repeats, args.device, threads=threads)
+                   for opt in OPTIMIZERS}
         for opt, r in results.items():
             rows.append({"model": model, "optimizer": opt, **r, "vs_adam": r["step_s"] / results["Adam"]["step_s"],
                          "vs_ff": r["step_s"] / results["FF"]["step_s"]})
     points = []
     for width in tqdm(widths, desc="scaling"):
         for opt in ("Adam", "FF", "NeuralGraphOpt"):
-            result = run_isolated(measure_keyed, ("mlp", width), opt, repeats, threads=threads)
+            result = measure_in(measure_keyed, ("mlp", width), opt, repeats, args.device, threads=threads)
             points.append({"width": width, "optimizer": opt, **result})
     args.out.mkdir(parents=True, exist_ok=True)
     scaling_plot(points, args.out / "step_scaling.png")
@@ -214,16 +234,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         by = {p["optimizer"]: p for p in points if p["width"] == width}
         scale_lines.append(f"| {by['Adam']['params'] / 1e6:.2f}M | " +
                            " | ".join(f"{by[o]['step_s'] * 1e3:.1f}" for o in ("Adam", "FF", "NeuralGraphOpt")) + " |")
-    markdown = (table(rows) + "\n\nNeuralGraphOpt against the targets:\n\n" + targets(rows)
+    checked = "" if args.device != "cpu" else "\n\nNeuralGraphOpt against the targets:\n\n" + targets(rows)
+    memory = ("the growth of `torch.cuda.max_memory_allocated` during a steady-state step (the second)"
+              if args.device != "cpu" else "the growth of the process's peak RSS during a steady-state step (the "
+              "second), over the resident memory before it (page granularity: small models read high)")
+    markdown = (f"Device: {args.device}.\n\n" + table(rows) + checked
                 + "\n\nStep time against model size (plot: `step_scaling.png`):\n\n"
                 + "\n".join(scale_lines)
                 + "\n\nRatios are against Adam and the FF rule measured in the same run. 'state' counts the "
-                "tensors in the optimizer's state_dict; 'transient' is the growth of the process's peak RSS "
-                "during a steady-state step (the second), over the resident memory before it (page "
-                "granularity: small models read high).")
-    record = {"quick": args.quick, "repeats": repeats, "threads": threads, "batch": BATCH, "rows": rows,
-              "scaling": points}
-    write_results(args.out, "step_overhead", record, markdown)
+                f"tensors in the optimizer's state_dict; 'transient' is {memory}.")
+    record = {"quick": args.quick, "device": args.device, "repeats": repeats, "threads": threads, "batch": BATCH,
+              "rows": rows, "scaling": points}
+    write_results(args.out, name, record, markdown)
     return record
 
 
