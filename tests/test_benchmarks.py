@@ -5,7 +5,7 @@ import math
 import pytest
 from torch import nn
 
-from benchmarks import l2o_quality, step_overhead, weight_space
+from benchmarks import l2o_quality, recipe_spread, step_overhead, weight_space
 from benchmarks.__main__ import available
 from benchmarks.common import free_cores, machine_info
 
@@ -62,3 +62,30 @@ def test_l2o_quality_evaluates_the_rule_it_is_given():
     other = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None, rule="ff-v2")
     assert default["train"] == named["train"]
     assert other["train"] != default["train"]
+
+
+def _final(label: str, task: str, train: float, test: float) -> dict:
+    return {"label": label, "task": task, "train": [9.0, train], "test": [9.0, test]}
+
+
+def test_recipe_spread_summary_compares_the_shipped_rule_with_the_median_rerun():
+    runs = [_final(label, task, loss, 1.0) for label, losses in
+            {"shipped": (1.0, 4.0), "seed 0": (2.0, 1.0), "seed 1": (4.0, 3.0), "seed 2": (3.0, 2.0),
+             "Adam(1e-3)": (3.5, 2.5)}.items() for task, loss in zip(("a", "b"), losses)]
+    rows, spread = recipe_spread.summarize(runs, "shipped")
+    assert spread["a"] == {"median": 3.0, "min": 2.0, "max": 4.0, "shipped_over_median": 1 / 3}
+    assert spread["b"]["shipped_over_median"] == 2.0
+    beats = {r["rule"]: r.get("beats Adam(1e-3)") for r in rows}
+    assert beats == {"shipped": 1, "seed 0": 2, "seed 1": 0, "seed 2": 2, "Adam(1e-3)": None}
+    assert "| a | 3 | 2 | 4 | 0.33 |" in recipe_spread.table(rows, spread)
+
+
+def test_recipe_spread_quick_trains_each_seed_resumably_and_evaluates_every_rule(tmp_path):
+    args = ["--quick", "--workers", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    record = recipe_spread.main(args)
+    assert [r["rule"] for r in record["rows"]] == ["shipped", "seed 0", "seed 1", "Adam(1e-3)"]
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / f"seed{seed}" / "rule" / "model.safetensors").exists()
+    trained = {r["label"]: r["train"] for r in record["runs"]}
+    assert trained["seed 0"] != trained["seed 1"] != trained["shipped"]
+    assert (tmp_path / "out" / "recipe_spread.png").exists() and (tmp_path / "out" / "recipe_spread.md").exists()
