@@ -14,6 +14,7 @@ YAML layout (every key optional except where noted)::
     n_tasks: 8
     steps: 1000
     device: cpu                           # or cuda (each process's GPU), or auto
+    members: 1                            # > 1: average the rules of that many runs (seeds seed, seed + 1, ...)
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class MetaTrainConfig:
         progress: show a progress bar.
         device: where the inner problems and the rule run: ``"cpu"``, ``"cuda"`` (each process's
             GPU under a multi-GPU launch) or ``"auto"`` (``"cuda"`` when a GPU is visible).
+        members: independent runs (seeds ``seed`` ... ``seed + members - 1``, one initial rule)
+            whose rules are averaged into the final one (a soup; lowers the run-to-run spread).
     """
 
     rule: RuleConfig = field(default_factory=RuleConfig)
@@ -150,6 +153,7 @@ class MetaTrainConfig:
     max_consecutive_failures: int = 5
     progress: bool = True
     device: str = "cpu"
+    members: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON form (inverse of :func:`config_from_dict`)."""
@@ -177,7 +181,7 @@ class MetaTrainConfig:
                 raise ConfigError(f"tasks[{i}].weight must be positive, got {task.weight}")
         if check_rule:
             _check_options(f"rule ({self.rule.name})", resolve_rule_class(self.rule.name), self.rule.options)
-        for name in ("n_tasks", "steps", "checkpoint_every", "log_inner_every", "max_consecutive_failures"):
+        for name in ("n_tasks", "steps", "checkpoint_every", "log_inner_every", "max_consecutive_failures", "members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.truncation.unroll_length < 1:

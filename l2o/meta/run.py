@@ -7,10 +7,16 @@ The run folder holds::
     metrics.jsonl               one record per meta-step (+ inner curves every log_inner_every)
     meta_training.png           meta-loss and inner curves
     rule/                       the final rule (l2o.hub.save_pretrained: config.json + model.safetensors)
+
+With ``members: K > 1`` the folder holds ``config.yaml``, ``member0`` ... ``member<K-1>`` (run
+folders as above, seeds ``seed`` ... ``seed + K - 1``, all from the same initial rule) and ``rule/``,
+the average of the members' rules (:func:`l2o.meta.soup.average_rules`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from l2o.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from l2o.meta.config import ConfigError, MetaTrainConfig, config_from_dict, load_config
 from l2o.meta.metrics import MetricsLog, read_metrics
 from l2o.meta.plot import plot_metrics
+from l2o.meta.soup import average_rules
 from l2o.meta.trainer import MetaTrainer
 from l2o.rule import UpdateRule
 
@@ -35,6 +42,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "meta_training.png"
 RULE_DIR = "rule"
+MEMBER_PREFIX = "member"
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_inner_every", "max_consecutive_failures", "progress", "device")
 
 
@@ -64,7 +72,8 @@ def meta_train(
             processes; the rule and the inner problems run on ``accelerator.device``.
 
     Returns:
-        The meta-trained rule (also saved to ``run_dir/rule``).
+        The meta-trained rule (also saved to ``run_dir/rule``); with ``config.members > 1`` the
+        average of the members' rules.
 
     Raises:
         MetaTrainingDiverged: after ``max_consecutive_failures`` non-finite meta-steps in a row;
@@ -76,17 +85,29 @@ def meta_train(
     rule = rule if rule is not None else build_rule(config.rule)
     if RULES.get(type(rule).__name__) is not type(rule):
         raise ValueError(f"{type(rule).__qualname__} is not registered; decorate it with @l2o.hub.register_rule()")
-    cuda = _use_cuda(config.device)
-    accelerator = accelerator or Accelerator(cpu=not cuda)
-    if accelerator.device.type != ("cuda" if cuda else "cpu"):
-        raise ConfigError(
-            f"device: {config.device!r} asks for {'a GPU' if cuda else 'the CPU'}, but this process's accelerate "
-            f"state was already set up for {accelerator.device} (accelerate keeps one per process); run on "
-            "the other device in a new process"
-        )
+    accelerator = _accelerator(config.device, accelerator)
+    run_dir = Path(run_dir)
+    if config.members == 1:
+        return _train(config, run_dir, resume, rule, accelerator)
+    members = [  # the same initial rule for every member, so that their average is meaningful
+        _train(dataclasses.replace(config, seed=config.seed + k, members=1), run_dir / f"{MEMBER_PREFIX}{k}", resume,
+               copy.deepcopy(rule), accelerator)
+        for k in range(config.members)
+    ]
+    soup = average_rules(members)
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        save_pretrained(soup, run_dir / RULE_DIR)
+    accelerator.wait_for_everyone()
+    return soup
+
+
+def _train(
+    config: MetaTrainConfig, run_dir: Path, resume: bool, rule: UpdateRule, accelerator: Accelerator
+) -> UpdateRule:
+    """One run (``config.members == 1``) in ``run_dir``."""
     rule.to(accelerator.device)
     main = accelerator.is_main_process
-    run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
 
     trainer = MetaTrainer(
@@ -155,7 +176,9 @@ def _save(trainer: MetaTrainer, config: MetaTrainConfig, path: Path, main: bool)
 
 
 def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse to resume with a config that changes the training itself (run length and logging may change)."""
+    """Refuse to resume with a config that changes the training itself (run length and logging may change).
+    Keys the config gained after the checkpoint was written count with their defaults."""
+    saved = {**MetaTrainConfig().to_dict(), **saved}
     changed = sorted(
         k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
     )
@@ -174,8 +197,16 @@ def _as_config(config: MetaTrainConfig | dict[str, Any] | str | Path, check_rule
     return load_config(config, check_rule=check_rule)
 
 
-def _use_cuda(device: str) -> bool:
-    """Whether ``config.device`` asks for GPUs (``"auto"``: when one is visible)."""
+def _accelerator(device: str, accelerator: Accelerator | None) -> Accelerator:
+    """``accelerator``, or a new one, checked to be on the device ``config.device`` asks for."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
-    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    accelerator = accelerator or Accelerator(cpu=not cuda)
+    if accelerator.device.type != ("cuda" if cuda else "cpu"):
+        raise ConfigError(
+            f"device: {device!r} asks for {'a GPU' if cuda else 'the CPU'}, but this process's accelerate "
+            f"state was already set up for {accelerator.device} (accelerate keeps one per process); run on "
+            "the other device in a new process"
+        )
+    return accelerator
