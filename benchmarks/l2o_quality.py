@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import write_results
+from l2o.optim import BASELINE_RULE
 
 TASKS = ("mlp-wide-deep", "cnn-mnist", "cnn-digits", "transformer")
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rule", default=None,
                         help="NeuralGraphOpt's rule: a rule folder (e.g. a meta-training run's rule/) or a "
                              "shipped/Hub name (default: the shipped default rule)")
-    parser.add_argument("--ff-rule", default=None, help="FF rule to compare (default: the shipped ff-v2, else 'ff')")
+    parser.add_argument("--ff-rule", default=None, help="FF rule to compare (default: the shipped baseline, else 'ff')")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("results/l2o_quality"))
     parser.add_argument("--summarize", type=Path, default=None,
@@ -232,13 +233,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keep = ("command", "machine", "quick", "steps", "seeds", "grid", "runs", "rule")
         if args.rule is not None:
             record["rule"] = args.rule
-        report({k: record[k] for k in keep if k in record}, args.out, args.ff_rule or _shipped("ff-v2"))
+        report({k: record[k] for k in keep if k in record}, args.out, args.ff_rule or _shipped(BASELINE_RULE))
         return record
     tasks = ["cnn-digits", "mlp-wide-deep"] if args.quick else list(TASKS)
     steps = args.steps or (150 if args.quick else 1000)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     grid = (1e-3, 3e-3, 1e-2) if args.quick else ADAM_GRID
-    ff_rule = args.ff_rule or _shipped("ff-v2")
+    ff_rule = args.ff_rule or _shipped(BASELINE_RULE)
     learned = [("NeuralGraphOpt", 1.0), ("FF", 1.0)]
     # phase 1: the learned optimizers on every seed, the Adam grid on the first seed (the tuning run);
     # phase 2: Adam at 1e-3 and at the tuned lr on the other seeds

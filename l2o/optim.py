@@ -32,12 +32,16 @@ from l2o.functional import learned_step_
 from l2o.hub import load_rule
 from l2o.rule import UpdateRule
 
-__all__ = ["DEFAULT_RULE", "NeuralGraphOpt"]
+__all__ = ["BASELINE_RULE", "DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "neural-graph-v2"
+DEFAULT_RULE = "neural-graph-v3"
 """The rule used when ``rule=None``: the shipped, meta-trained :class:`~l2o.graph_rule.NeuralGraphRule`
-(``l2o/pretrained/neural-graph-v2``, recipe ``l2o/meta/configs/shipped_neural_graph.yaml``).
+(``l2o/pretrained/neural-graph-v3``, recipe ``l2o/meta/configs/shipped_neural_graph.yaml``).
 ``rule="neural-graph"`` gives the untrained rule, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
+
+BASELINE_RULE = "ff-v3"
+"""The shipped per-parameter MLP rule (:class:`~l2o.ff.FFRule`) meta-trained with the same recipe and
+compute as :data:`DEFAULT_RULE` (``l2o/meta/configs/shipped_ff.yaml``): the baseline it is compared with."""
 
 
 def _is_per_param(value: Any, n: int) -> bool:

@@ -59,7 +59,7 @@ def test_l2o_quality_evaluates_the_rule_it_is_given():
 
     default = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None)
     named = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None, rule=DEFAULT_RULE)
-    other = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None, rule="ff-v2")
+    other = l2o_quality.run("cnn-digits", ("NeuralGraphOpt", 1.0), 0, 20, None, rule="ff-v3")
     assert default["train"] == named["train"]
     assert other["train"] != default["train"]
 
