@@ -6,10 +6,13 @@ about 1e-4 after the first meta-step), so a re-run of the recipe is one more dra
 not. This benchmark measures how far apart such draws end up, which is the noise that "reproduces the
 shipped rule's quality" has to be judged against.
 
-    python -m benchmarks.recipe_spread --seeds 0 1 2 --runs runs/spread        # ~1 h training + ~30 min on 2 cores
-    python -m benchmarks.recipe_spread --quick                                 # 2 meta-steps, 1 task, seconds
+    python -m benchmarks.recipe_spread --runs runs/spread          # 3 soups of 3 runs: ~5 h on 2 cores
+    python -m benchmarks.recipe_spread --seeds 3 --runs runs/spread_soup   # one independent soup: ~1.5 h
+    python -m benchmarks.recipe_spread --quick                     # single runs of 2 meta-steps, 1 task, a minute
 
 Each seed's run folder is ``<runs>/seed<k>``; finished or interrupted runs are resumed, not redone.
+With a soup recipe (``members: K``) seed ``k`` trains members ``k ... k + K - 1``, so the default
+seeds are ``0, K, 2K`` (independent soups).
 The table lists each rule's mean final training loss (last 20-step window, mean over evaluation
 seeds) per task, with Adam at lr 1e-3 as the bar, and per task the spread of the re-runs.
 """
@@ -31,14 +34,15 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "l2o" / "meta" / "configs
 ADAM = "Adam(1e-3)"
 
 
-def seed_config(config: Path, seed: int, steps: int | None = None) -> dict[str, Any]:
-    """The recipe ``config`` with its seed replaced (and its length, for smoke tests)."""
+def seed_config(config: Path, seed: int, steps: int | None = None, members: int | None = None) -> dict[str, Any]:
+    """The recipe ``config`` with its seed replaced (and its length and members, for smoke tests)."""
     from l2o.meta.config import load_config
 
     data = load_config(config).to_dict()
     data["seed"] = seed
-    if steps is not None:
-        data["steps"] = steps
+    for key, value in (("steps", steps), ("members", members)):
+        if value is not None:
+            data[key] = value
     return data
 
 
@@ -129,27 +133,33 @@ def plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the recipe (default: the shipped one)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="recipe seeds (default: 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="recipe seeds (default: 0 K 2K for a recipe of K members)")
     parser.add_argument("--runs", type=Path, default=Path("runs/spread"), help="folder of the seeds' run folders")
     parser.add_argument("--eval-seeds", type=int, default=None, help="evaluation seeds per task (default: 3)")
     parser.add_argument("--steps", type=int, default=None, help="inner steps per evaluation run (default: 1000)")
-    parser.add_argument("--quick", action="store_true", help="2 meta-steps per seed, one task, 1 seed, 40 steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="single runs (no soup) of 2 meta-steps, seeds 0 1; one task, 1 seed, 40 steps")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("results/recipe_spread"))
     args = parser.parse_args(argv)
-    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    from l2o.meta.config import load_config
+
+    members = 1 if args.quick else load_config(args.config).members
+    seeds = args.seeds or [k * members for k in range(2 if args.quick else 3)]
     meta_steps = 2 if args.quick else None
     tasks = ["cnn-digits"] if args.quick else list(l2o_quality.TASKS)
     eval_seeds = list(range(args.eval_seeds or (1 if args.quick else 3)))
     steps = args.steps or (40 if args.quick else 1000)
 
-    configs = [seed_config(args.config, seed, meta_steps) for seed in seeds]
+    configs = [seed_config(args.config, seed, meta_steps, members) for seed in seeds]
     run_dirs = [args.runs / f"seed{seed}" for seed in seeds]
     spawn = multiprocessing.get_context("spawn")  # fresh workers: forking a process with threads can deadlock
     with ProcessPoolExecutor(max_workers=min(args.workers, len(seeds)), mp_context=spawn) as pool:
         rule_dirs = list(pool.map(train, configs, run_dirs))
     shipped = "shipped"
-    rules: dict[str, str | None] = {shipped: None, **{f"seed {s}": d for s, d in zip(seeds, rule_dirs)}}
+    label = (lambda s: f"seed {s}") if members == 1 else (lambda s: f"soup of seeds {s}-{s + members - 1}")
+    rules: dict[str, str | None] = {shipped: None, **{label(s): d for s, d in zip(seeds, rule_dirs)}}
     runs = evaluate(rules, tasks, eval_seeds, steps, args.workers)
     rows, spread = summarize(runs, shipped)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from l2o.optim import DEFAULT_RULE
 
     markdown = (table(rows, spread)
-                + f"\n\nRecipe `{args.config.name}` with seeds {seeds} ({'2 meta-steps each, ' if args.quick else ''}"
+                + f"\n\nRecipe `{args.config.name}` with seeds {seeds} ({'single runs of 2 meta-steps, ' * args.quick}"
                 f"run folders `{args.runs}/seed<k>`), the shipped rule `{DEFAULT_RULE}`, and Adam at lr 1e-3; each "
                 f"evaluated untuned on {len(eval_seeds)} seed(s) x {steps} steps. Cells: final training loss "
                 f"(mean of the last {l2o_quality.SMOOTH}-step window over evaluation seeds) and final test loss.")
