@@ -12,7 +12,7 @@ RSS growth during forward+backward over its state after building the model and t
     python -m benchmarks.encoders_throughput --figure docs/images/encoders_throughput.png
     python -m benchmarks.encoders_throughput --device cuda   # the GPU alone: results named encoders_throughput_cuda
 
-Writes ``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
+Writes ``<name>.json``, ``<name>.md`` and ``throughput.png`` to ``--out``.
 """
 
 from __future__ import annotations

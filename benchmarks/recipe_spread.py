@@ -34,18 +34,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "l2o" / "meta" / "configs
 ADAM = "Adam(1e-3)"
 
 
-def seed_config(config: Path, seed: int, steps: int | None = None, members: int | None = None) -> dict[str, Any]:
-    """The recipe ``config`` with its seed replaced (and its length and members, for smoke tests)."""
-    from l2o.meta.config import load_config
-
-    data = load_config(config).to_dict()
-    data["seed"] = seed
-    for key, value in (("steps", steps), ("members", members)):
-        if value is not None:
-            data[key] = value
-    return data
-
-
 def train(config: dict[str, Any], run_dir: Path) -> str:
     """Meta-train (or resume, or find finished) one seed's run; returns its rule folder."""
     import torch
@@ -145,14 +133,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     from l2o.meta.config import load_config
 
-    members = 1 if args.quick else load_config(args.config).members
+    recipe = load_config(args.config).to_dict()
+    if args.quick:  # single runs of 2 meta-steps
+        recipe.update(members=1, steps=2)
+    members = recipe["members"]
     seeds = args.seeds or [k * members for k in range(2 if args.quick else 3)]
-    meta_steps = 2 if args.quick else None
     tasks = ["cnn-digits"] if args.quick else list(l2o_quality.TASKS)
     eval_seeds = list(range(args.eval_seeds or (1 if args.quick else 3)))
     steps = args.steps or (40 if args.quick else 1000)
 
-    configs = [seed_config(args.config, seed, meta_steps, members) for seed in seeds]
+    configs = [{**recipe, "seed": seed} for seed in seeds]
     run_dirs = [args.runs / f"seed{seed}" for seed in seeds]
     spawn = multiprocessing.get_context("spawn")  # fresh workers: forking a process with threads can deadlock
     with ProcessPoolExecutor(max_workers=min(args.workers, len(seeds)), mp_context=spawn) as pool:

@@ -95,6 +95,22 @@ def _tensor_bytes(tree: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
+def _transient_bytes(fn: Callable[[], Any], cuda: bool) -> int:
+    """Memory ``fn()`` allocates above what is held before it: the growth of the CUDA peak allocation,
+    or of the process's peak RSS (Linux)."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    before = _memory("VmRSS")
+    _reset_peak()
+    fn()
+    return _memory("VmHWM") - before
+
+
 def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: str, repeats: int,
             device: str = "cpu") -> dict[str, float]:
     """One (model, optimizer) pair on ``device``, in the calling process. Returns per-parameter figures."""
@@ -109,15 +125,7 @@ def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: s
     opt = make_optimizer(optimizer, model)
     opt.step()  # allocates the state
     gc.collect()
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated() if cuda else _memory("VmRSS")
-    if not cuda:
-        _reset_peak()
-    opt.step()  # a steady-state step: what it allocates on top of parameters, gradients and state
-    sync()
-    transient = (torch.cuda.max_memory_allocated() if cuda else _memory("VmHWM")) - before
+    transient = _transient_bytes(opt.step, cuda)  # a steady-state step: on top of params, grads and state
     state = _tensor_bytes(opt.state_dict()["state"])
     step = median_time(opt.step, repeats, warmup=1, sync=sync)
 

@@ -96,7 +96,7 @@ def meta_train(
     ]
     soup = average_rules(members)
     if accelerator.is_main_process:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        _write_config(config, run_dir)
         save_pretrained(soup, run_dir / RULE_DIR)
     accelerator.wait_for_everyone()
     return soup
@@ -128,7 +128,7 @@ def _train(
         _check_same_run(state.get("config", {}), config.to_dict(), checkpoint_path)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        _write_config(config, run_dir)
         log = MetricsLog(run_dir / METRICS_NAME, keep_until=trainer.meta_step if resumed else None)
 
     failures, last_saved = 0, trainer.meta_step
@@ -167,6 +167,10 @@ def _train(
         plot_metrics(read_metrics(run_dir / METRICS_NAME), run_dir / PLOT_NAME)
     accelerator.wait_for_everyone()
     return rule
+
+
+def _write_config(config: MetaTrainConfig, run_dir: Path) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _save(trainer: MetaTrainer, config: MetaTrainConfig, path: Path, main: bool) -> None:
