@@ -4,6 +4,9 @@ Adam with gradient clipping, one evaluation of the validation split per epoch, e
 after ``patience`` epochs without improvement, the best validation state scored on the test split.
 With an ``out`` folder, training writes ``checkpoint.pt`` after every epoch (atomically: a
 temporary file renamed into place) and resumes from it, and the results go to ``results.json``.
+A checkpoint holds only tensors and plain data (dicts, lists, numbers, strings; the CPU random
+state as a byte tensor) and is read with ``torch.load(weights_only=True)``: a checkpoint in a
+shared folder cannot run code, and one that holds any other pickled object is refused.
 The ``stats`` baseline has no epochs: it fits gradient boosting once.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +71,17 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """A checkpoint read without unpickling code; a file holding other pickled objects is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"refusing to resume from {path}: it holds pickled objects other than tensors and "
+                         "plain data, and loading them could run code; the trainer writes only tensors, dicts, "
+                         "lists, numbers and strings (delete the file or use resume=False to start over)\n"
+                         f"torch said: {error}") from error
 
 
 def _results(task: WeightTask, encoder: str, config: FitConfig, scores: dict[str, float],
@@ -130,13 +145,15 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
                              "seconds": 0.0}
     checkpoint = folder / CHECKPOINT if folder is not None else None
     if checkpoint is not None and resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = _load(checkpoint)
         if saved["settings"] != settings:
             raise ValueError(f"{checkpoint} was written with other settings {saved['settings']}; "
                              "use another folder or resume=False")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
+        if "rng" in saved:  # older checkpoints lack it
+            torch.set_rng_state(saved["rng"])
     bar = tqdm(total=config.epochs, initial=state["epoch"], desc=f"{task.name} {encoder}", disable=not progress)
     while state["epoch"] < config.epochs and state["epoch"] - state["best_epoch"] < config.patience:
         start = time.perf_counter()
@@ -150,7 +167,8 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
         state["seconds"] += time.perf_counter() - start
         if checkpoint is not None:
             _save(checkpoint, {"settings": settings, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "state": state})
+                               "optimizer": optimizer.state_dict(), "state": state,
+                               "rng": torch.get_rng_state()})
         bar.update(1)
         bar.set_postfix(loss=f"{losses:.4g}", val=f"{score:.4g}")
     bar.close()

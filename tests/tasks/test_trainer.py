@@ -6,9 +6,11 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from encoders.tasks import FitConfig, fit
 from encoders.tasks.cli import add_parser
+from encoders.tasks.trainer import CHECKPOINT
 
 CONFIG = {"hidden": 8, "layers": 1, "batch_size": 16}
 
@@ -33,6 +35,32 @@ def test_interrupted_run_resumes(tasks: dict, tmp_path) -> None:
     assert resumed["history"] == full["history"]
     assert resumed["test_accuracy"] == full["test_accuracy"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_dropout_run_resumes_exactly(tasks: dict, tmp_path) -> None:
+    """The CPU random state travels in the checkpoint (as a byte tensor), so dropout masks repeat."""
+    task = tasks["inr-classify"]
+    settings = {**CONFIG, "dropout": 0.5}
+    full = fit(task, "ng-gnn", config=FitConfig(epochs=3, patience=99, **settings), progress=False)
+    fit(task, "ng-gnn", config=FitConfig(epochs=1, patience=99, **settings), out=tmp_path, progress=False)
+    resumed = fit(task, "ng-gnn", config=FitConfig(epochs=3, patience=99, **settings), out=tmp_path, progress=False)
+    assert resumed["history"] == full["history"]
+
+
+class Payload:
+    """Stands for any pickled object: loading it would call code named in the file."""
+
+
+def test_checkpoint_loads_without_pickles(tasks: dict, tmp_path) -> None:
+    task = tasks["inr-classify"]
+    fit(task, "mlp", config=FitConfig(epochs=1, **CONFIG), out=tmp_path, progress=False)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)  # plain tensors and containers only
+    assert isinstance(saved["rng"], torch.Tensor)
+    saved["state"]["payload"] = Payload()
+    torch.save(saved, tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match=f"refusing to resume from .*{CHECKPOINT}.*pickled objects"):
+        fit(task, "mlp", config=FitConfig(epochs=2, **CONFIG), out=tmp_path, progress=False)
+    fit(task, "mlp", config=FitConfig(epochs=1, **CONFIG), out=tmp_path, resume=False, progress=False)
 
 
 def test_foreign_checkpoint_refused(tasks: dict, tmp_path) -> None:
