@@ -3,6 +3,9 @@
     python -m benchmarks                      # everything, full sizes
     python -m benchmarks --quick              # everything, minutes
     python -m benchmarks step_overhead l2o_quality --quick
+
+``l2o bench ARGS`` runs this in a subprocess from the source checkout it finds (see ``l2o.cli``):
+the library never imports ``benchmarks``, and the wheel does not install it.
 """
 
 from __future__ import annotations
