@@ -3,11 +3,14 @@
 Both graph constructors (tracing a module, chaining parameter shapes) describe a network to a
 :class:`GraphBuilder` in the same vocabulary — blocks of neurons, edges between them, and where each
 parameter element lives — and :meth:`GraphBuilder.finish` turns that into flat index tensors once.
+:func:`named_tensors` normalises the parameter lists they accept. Nothing here imports
+:mod:`encoders.graph`; :mod:`encoders.build` joins the two.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from math import prod
@@ -15,12 +18,34 @@ from math import prod
 import torch
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "EdgeKind", "GraphBuilder", "Role"]
+__all__ = ["ACTIVATIONS", "EdgeKind", "GraphBuilder", "ParamsLike", "Role", "named_tensors"]
+
+# what the constructors accept as a parameter list
+ParamsLike = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]
 
 # Activation types a layer can carry; index 0 is "no activation". Encoders embed these ids.
 ACTIVATIONS: tuple[str, ...] = (
     "none", "relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "sine", "softplus", "elu", "other",
 )
+
+
+def named_tensors(params: ParamsLike) -> list[tuple[str, Tensor]]:
+    """Normalise a parameter list: ``[(name, tensor)]``; plain tensors are named ``"0"``, ``"1"``, ..."""
+    items = list(params.items()) if isinstance(params, Mapping) else list(params)
+    if not items:
+        raise ValueError("empty parameter list: a neural graph needs at least one parameter")
+    named = [(str(i), t) if isinstance(t, Tensor) else tuple(t) for i, t in enumerate(items)]
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"parameter {name!r} is a {type(t).__name__}, expected a torch.Tensor")
+        if not t.is_floating_point():
+            raise TypeError(f"parameter {name!r} has dtype {t.dtype}; neural graphs need floating-point tensors")
+        if t.numel() == 0:
+            raise ValueError(f"parameter {name!r} has no elements (shape {tuple(t.shape)})")
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError("parameter names must be unique")
+    return named
 
 
 class Role(IntEnum):

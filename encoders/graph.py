@@ -15,11 +15,20 @@ Feature layout:
   the largest kernel grid of the graph (``kernel_grid``); a linear weight sits at the centre slot;
   a linear layer after a flatten keeps the flattened spatial positions ``0..S-1`` of each input
   channel in slots ``0..S-1``; residual edges carry a constant identity kernel (1 at the centre).
+
+Layering: this module holds the data structure only and imports neither the tracer
+(:mod:`encoders.tracing`) nor shape chaining (:mod:`encoders.chaining`). Those describe a network
+to a :class:`~encoders.builder.GraphBuilder`; :mod:`encoders.build` joins them to
+:meth:`NeuralGraph.from_builder` and registers its constructors here when imported, so
+:meth:`NeuralGraph.from_module` and :meth:`NeuralGraph.from_parameters` keep their place on the
+class (and in the API docs) while delegating to it. ``encoders/__init__.py`` imports
+:mod:`encoders.build`, and Python runs it before any ``encoders.*`` module, so the constructors are
+in place for every user of the package.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -28,30 +37,27 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from encoders.builder import ACTIVATIONS, EdgeKind, Role
+from encoders.builder import ACTIVATIONS, EdgeKind, GraphBuilder, ParamsLike, Role
 
 __all__ = ["NeuralGraph", "ParamsLike"]
 
-ParamsLike = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]
+# "module" / "parameters" -> make(cls, source, layout); filled by encoders.build when it is imported
+_CONSTRUCTORS: dict[str, Callable[[type[NeuralGraph], Any, dict[str, Any]], NeuralGraph]] = {}
 
 
-def named_tensors(params: ParamsLike) -> list[tuple[str, Tensor]]:
-    """Normalise a parameter list: ``[(name, tensor)]``; plain tensors are named ``"0"``, ``"1"``, ..."""
-    items = list(params.items()) if isinstance(params, Mapping) else list(params)
-    if not items:
-        raise ValueError("empty parameter list: a neural graph needs at least one parameter")
-    named = [(str(i), t) if isinstance(t, Tensor) else tuple(t) for i, t in enumerate(items)]
-    for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"parameter {name!r} is a {type(t).__name__}, expected a torch.Tensor")
-        if not t.is_floating_point():
-            raise TypeError(f"parameter {name!r} has dtype {t.dtype}; neural graphs need floating-point tensors")
-        if t.numel() == 0:
-            raise ValueError(f"parameter {name!r} has no elements (shape {tuple(t.shape)})")
-    names = [n for n, _ in named]
-    if len(set(names)) != len(names):
-        raise ValueError("parameter names must be unique")
-    return named
+def register_constructor(kind: str, make: Callable[[type[NeuralGraph], Any, dict[str, Any]], NeuralGraph]) -> None:
+    """Install the function behind ``NeuralGraph.from_<kind>`` (``kind``: ``"module"`` or
+    ``"parameters"``); :mod:`encoders.build` does this on import."""
+    if kind not in ("module", "parameters"):
+        raise ValueError(f"unknown constructor kind {kind!r}; expected 'module' or 'parameters'")
+    _CONSTRUCTORS[kind] = make
+
+
+def _construct(kind: str, cls: type[NeuralGraph], source: Any, layout: dict[str, Any]) -> NeuralGraph:
+    make = _CONSTRUCTORS.get(kind)
+    if make is None:  # only reachable if encoders/__init__.py was bypassed
+        raise RuntimeError(f"NeuralGraph.from_{kind} is provided by encoders.build, which has not been imported")
+    return make(cls, source, layout)
 
 
 class NeuralGraphData(Data):
@@ -118,27 +124,24 @@ class NeuralGraph:
 
         ``layout`` sets minimum feature layouts shared across graphs: ``kernel_grid`` (e.g.
         ``(7, 7)``), ``node_channels``, ``edge_channels``, ``slots``. Raises ``ValueError`` naming
-        the module for a layer it cannot represent.
+        the module for a layer it cannot represent. Delegates to
+        :func:`encoders.build.graph_from_module`.
         """
-        from encoders.tracing import trace_module
-
-        builder, params = trace_module(model)
-        return cls._finish(builder, params, layout)
+        return _construct("module", cls, model, layout)
 
     @classmethod
     def from_parameters(cls, params: ParamsLike, **layout: Any) -> NeuralGraph:
         """Graph from parameter shapes and order alone (what an optimizer sees).
 
         See :mod:`encoders.chaining` for the rules and what shapes cannot tell; ``layout`` as in
-        :meth:`from_module`.
+        :meth:`from_module`. Delegates to :func:`encoders.build.graph_from_parameters`.
         """
-        from encoders.chaining import chain_parameters
-
-        named = named_tensors(params)
-        return cls._finish(chain_parameters(named), named, layout)
+        return _construct("parameters", cls, params, layout)
 
     @classmethod
-    def _finish(cls, builder, named: list[tuple[str, Tensor]], layout: dict[str, Any]) -> NeuralGraph:
+    def from_builder(cls, builder: GraphBuilder, named: list[tuple[str, Tensor]], **layout: Any) -> NeuralGraph:
+        """The graph a filled :class:`~encoders.builder.GraphBuilder` describes, with features from
+        ``named`` (the parameters it placed, in order); ``layout`` as in :meth:`from_module`."""
         graph = cls(**builder.finish(named, **layout))  # the structure lives on the CPU, its features too
         graph.x, graph.edge_attr = graph.features([t.detach().cpu() for _, t in named])
         return graph

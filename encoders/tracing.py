@@ -1,5 +1,8 @@
 """Neural graphs of ``nn.Module`` objects, discovered by tracing (``NeuralGraph.from_module``).
 
+This module describes a module to a :class:`~encoders.builder.GraphBuilder`; it does not import
+:mod:`encoders.graph` (:mod:`encoders.build` turns the builder into a ``NeuralGraph``).
+
 ``torch.fx`` traces the module with the layers below kept as leaves; each traced value is then the
 set of neurons (nodes) that index its feature dimension, and each layer call adds a block of nodes
 and its edges. Supported:
@@ -36,8 +39,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encoders.builder import EdgeKind, GraphBuilder, Role
-from encoders.graph import named_tensors
+from encoders.builder import EdgeKind, GraphBuilder, Role, named_tensors
 
 __all__ = ["trace_module"]
 

@@ -262,3 +262,25 @@ def test_linear_after_flatten_with_wrong_width_is_refused():
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(10, 2))
     with pytest.raises(ValueError, match="not a multiple"):
         NeuralGraph.from_module(model)
+
+
+def test_graph_module_imports_no_tracer_and_the_classmethods_delegate_to_build():
+    """graph.py holds the data structure; encoders.build (imported by the package) provides the constructors."""
+    import ast
+    from pathlib import Path
+
+    import encoders.graph
+    from encoders.build import graph_from_module, graph_from_parameters
+
+    tree = ast.parse(Path(encoders.graph.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"encoders.tracing", "encoders.chaining", "encoders.build"}, imported
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    for direct, method in ((graph_from_module(model, kernel_grid=(5, 5)),
+                            NeuralGraph.from_module(model, kernel_grid=(5, 5))),
+                           (graph_from_parameters(model.named_parameters(), slots=30),
+                            NeuralGraph.from_parameters(model.named_parameters(), slots=30))):
+        assert repr(direct) == repr(method) and direct.kernel_grid == method.kernel_grid
+        assert direct.slots == method.slots
+        assert torch.equal(direct.edge_index, method.edge_index) and torch.equal(direct.edge_attr, method.edge_attr)
