@@ -45,25 +45,28 @@ class NeighbourAggregation(nn.Module):
         self.register_buffer("log_degree", torch.stack([deg_in, deg_out], 1).log1p())
 
     def _direction(self, x: Tensor, members_from: Tensor, members_to: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-        """Aggregates at ``members_to`` nodes of states at ``members_from`` nodes: ``[N, 4 * d]``."""
-        n, b = self.num_nodes, self.num_bicliques
+        """Aggregates at ``members_to`` nodes of states at ``members_from`` nodes: ``[N, 4 * d]``.
+
+        Sums (of states, squares and counts) travel together in one scatter, and so do maxima and
+        minima (as maxima of ``[x, -x]``): four scatters instead of ten, with the same values, since
+        each column is still reduced over the same rows in the same order."""
+        n, b, d = self.num_nodes, self.num_bicliques, x.shape[1]
         node_from, clique_from = members_from
         node_to, clique_to = members_to
         gathered = x[node_from]
-        sums = scatter(gathered, clique_from, 0, dim_size=b, reduce="sum")
-        squares = scatter(gathered * gathered, clique_from, 0, dim_size=b, reduce="sum")
-        counts = scatter(torch.ones_like(clique_from, dtype=x.dtype), clique_from, 0, dim_size=b, reduce="sum")
-        maxima = scatter(gathered, clique_from, 0, dim_size=b, reduce="max")
-        minima = scatter(gathered, clique_from, 0, dim_size=b, reduce="min")
+        ones = torch.ones_like(gathered[:, :1])
+        sums = scatter(torch.cat([gathered, gathered * gathered, ones], 1), clique_from, 0, dim_size=b, reduce="sum")
+        extremes = scatter(torch.cat([gathered, -gathered], 1), clique_from, 0, dim_size=b, reduce="max")
         index = torch.cat([node_to, dst])
         neighbours = x[src]
-        total = scatter(torch.cat([sums[clique_to], neighbours]), index, 0, dim_size=n, reduce="sum")
-        total_sq = scatter(torch.cat([squares[clique_to], neighbours * neighbours]), index, 0, dim_size=n, reduce="sum")
-        count = scatter(torch.cat([counts[clique_to], torch.ones_like(dst, dtype=x.dtype)]), index, 0, dim_size=n)
-        high = scatter(torch.cat([maxima[clique_to], neighbours]), index, 0, dim_size=n, reduce="max")
-        low = scatter(torch.cat([minima[clique_to], neighbours]), index, 0, dim_size=n, reduce="min")
-        has = (count > 0).unsqueeze(1)
-        count = count.clamp(min=1).unsqueeze(1)
+        direct = torch.cat([neighbours, neighbours * neighbours, torch.ones_like(neighbours[:, :1])], 1)
+        total = scatter(torch.cat([sums[clique_to], direct]), index, 0, dim_size=n, reduce="sum")
+        bounds = scatter(torch.cat([extremes[clique_to], torch.cat([neighbours, -neighbours], 1)]), index, 0,
+                         dim_size=n, reduce="max")
+        total, total_sq, count = total[:, :d], total[:, d:2 * d], total[:, 2 * d:]
+        high, low = bounds[:, :d], -bounds[:, d:]
+        has = count > 0
+        count = count.clamp(min=1)
         mean = total / count
         std = (total_sq / count - mean * mean).clamp(min=0).add(1e-12).sqrt()
         return torch.cat([mean, low, high, std], 1) * has

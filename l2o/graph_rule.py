@@ -298,6 +298,13 @@ class NeuralGraphRule(UpdateRule):
             apply(i, rows, update)
         return new_state
 
+    def fused_step(self, context: GraphContext) -> Any:
+        """:class:`l2o.fused.FusedStep` on ``context``: the same update, compiled with
+        ``torch.compile`` into a few fused loops per parameter (see :mod:`l2o.fused`)."""
+        from l2o.fused import FusedStep  # imports torch._dynamo: only when a fused step is wanted
+
+        return FusedStep(self, context)
+
     def _check_context(self, params: list[Tensor], context: GraphContext | None) -> GraphContext:
         if context is None:
             return self.build_context(params)

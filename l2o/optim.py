@@ -106,6 +106,14 @@ class NeuralGraphOpt(Optimizer):
             name parameters in errors and state dicts. ``torch.compile`` and DDP / DataParallel
             wrappers are unwrapped (:attr:`model` is the inner module).
         maximize: ascend instead of descend (per group).
+        compile: ``"auto"`` (default), ``True`` or ``False``: whether steps run the rule's fused,
+            ``torch.compile``-d form (:meth:`~l2o.rule.UpdateRule.fused_step`; for the default rule
+            :mod:`l2o.fused`, a few times faster) instead of the reference path. The first fused step
+            compiles (seconds to a minute per new parameter shape; inductor caches the result on
+            disk). ``"auto"`` fuses where the rule has a fused form and ``torch.compile`` works here,
+            and otherwise, or if compiling fails, warns once and runs the reference path;
+            ``L2O_COMPILE=0`` in the environment turns ``"auto"`` off. ``True`` raises instead of
+            falling back.
 
     ``rule.build_context`` is called once over *all* parameters (all groups, in order), and again
     when a group is added. The rule's meta-parameters are not part of :meth:`state_dict`; the rule's
@@ -120,7 +128,10 @@ class NeuralGraphOpt(Optimizer):
         TypeError: non-floating-point or complex parameters; sparse, complex or integer gradients;
             sharded parameters (FSDP, DTensor) or construction by ``ZeroRedundancyOptimizer``: the
             rule needs every parameter whole and all of them on each rank (use DDP).
-        ValueError: parameters on several devices, a parameter listed twice, negative lr or weight decay.
+        ValueError: parameters on several devices, a parameter listed twice, negative lr or weight
+            decay, ``compile`` not one of ``"auto"``, ``True``, ``False``.
+        RuntimeError: ``compile=True`` where the rule has no fused form or ``torch.compile`` cannot
+            run (no C++ compiler, Triton or dynamo), or the compilation fails.
     """
 
     def __init__(
@@ -132,7 +143,10 @@ class NeuralGraphOpt(Optimizer):
         rule: UpdateRule | str | os.PathLike | None = None,
         model: nn.Module | None = None,
         maximize: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
+        if compile not in ("auto", True, False) or isinstance(compile, int) and not isinstance(compile, bool):
+            raise ValueError(f'compile must be "auto", True or False, got {compile!r}')
         if _built_by_zero(self):
             raise TypeError(
                 "NeuralGraphOpt cannot run inside ZeroRedundancyOptimizer: each rank would see only its shard of "
@@ -142,6 +156,7 @@ class NeuralGraphOpt(Optimizer):
         self.model = _unwrap(model)
         self.skipped_steps = 0
         self._warned_nonfinite = False
+        self.compile = compile
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "maximize": maximize})
         self._setup(None)
 
@@ -194,6 +209,7 @@ class NeuralGraphOpt(Optimizer):
                 elif key in old and _same_structure(old[key], fresh):
                     state[key] = old[key]
         self.context, self.rule_state, self._labels = context, state, labels
+        self._fused, self._fused_checked = None, False  # made at the first step (compiling costs seconds)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as in torch); rebuilds the context over all parameters and extends the state."""
@@ -243,12 +259,71 @@ class NeuralGraphOpt(Optimizer):
             key: [tree_map(torch.clone, v) if not h else None for v, h in zip(value, has_grad)]
             for key, value in self.rule_state.items() if _is_per_param(value, len(params))
         }
-        new_state = learned_step_(self.rule, params, grads, self.rule_state, self.context, lr=lrs, weight_decay=wds,
-                                  frozen=[not h for h in has_grad])
+        frozen = [not h for h in has_grad]
+        fused = self._fused_step(params)
+        if fused is not None:
+            new_state = self._run_fused(fused, params, grads, lrs, wds, frozen)
+        if fused is None or new_state is None:
+            new_state = learned_step_(self.rule, params, grads, self.rule_state, self.context, lr=lrs,
+                                      weight_decay=wds, frozen=frozen)
         for key, saved in kept.items():
             new_state[key] = [v if old is None else old for v, old in zip(new_state[key], saved)]
         self.rule_state = new_state
         return loss
+
+    # ---------------------------------------------------------------------------- fused step
+    def _fused_step(self, params: list[Tensor]) -> Callable[..., dict[str, Any]] | None:
+        """The rule's fused step if ``compile`` asks for it and it can run here (made once)."""
+        if self._fused_checked:
+            return self._fused
+        self._fused_checked = True
+        if self.compile is False or (self.compile == "auto" and os.environ.get("L2O_COMPILE") == "0"):
+            return None
+        if type(self.rule).fused_step is UpdateRule.fused_step:
+            if self.compile is True:
+                raise RuntimeError(f"compile=True, but {type(self.rule).__name__} has no fused step")
+            return None
+        from l2o.fused import compile_unavailable
+
+        reason = compile_unavailable(params[0].device) if params else "there are no parameters"
+        bad = next((label for p, label in zip(params, self._labels) if not p.is_contiguous()), None)
+        reason = reason or (f"{bad} is not contiguous" if bad else None)
+        if reason is not None:
+            self._fall_back(reason)
+            return None
+        self._fused = self.rule.fused_step(self.context)
+        self._fused_first = True
+        return self._fused
+
+    def _run_fused(self, fused: Callable[..., dict[str, Any]], params: list[Tensor], grads: list[Tensor],
+                   lrs: list[Any], wds: list[Any], frozen: list[bool]) -> dict[str, Any] | None:
+        """One fused step; ``None`` if the first one failed to compile under ``compile="auto"``
+        (parameters and state are then restored, and the caller runs the reference step)."""
+        if not self._fused_first:
+            return fused(params, grads, self.rule_state, lrs, wds, frozen)
+        saved = [p.detach().clone() for p in params], tree_map(torch.clone, self.rule_state)
+        try:
+            new_state = fused(params, grads, self.rule_state, lrs, wds, frozen)
+        except Exception as err:
+            for p, old in zip(params, saved[0]):
+                p.detach().copy_(old)
+            for now, old in zip(tree_flatten(self.rule_state)[0], tree_flatten(saved[1])[0]):
+                if isinstance(now, Tensor):
+                    now.copy_(old)
+            self._fused = None
+            if self.compile is True:
+                raise RuntimeError(f"the fused step of {type(self.rule).__name__} failed to compile: {err}") from err
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            self._fall_back(f"compiling it failed ({type(err).__name__}: {first_line})")
+            return None
+        self._fused_first = False
+        return new_state
+
+    def _fall_back(self, reason: str) -> None:
+        if self.compile is True:
+            raise RuntimeError(f"compile=True, but the fused step cannot run: {reason}")
+        warnings.warn(f"NeuralGraphOpt: using the reference step, not the fused one: {reason}", RuntimeWarning,
+                      stacklevel=4)
 
     def _skip_step(self, grads: list[Tensor], has_grad: list[bool]) -> None:
         self.skipped_steps += 1
@@ -324,5 +399,6 @@ class NeuralGraphOpt(Optimizer):
         self.skipped_steps = int(state_dict["state"]["skipped_steps"])
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickling / ``copy.deepcopy`` keep the rule, context and state (torch's base drops them)."""
-        return dict(self.__dict__)
+        """Pickling / ``copy.deepcopy`` keep the rule, context and state (torch's base drops them);
+        the fused step is made again at the copy's first step."""
+        return dict(self.__dict__, _fused=None, _fused_checked=False)

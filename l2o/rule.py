@@ -68,6 +68,13 @@ class UpdateRule(nn.Module):
             apply(i, slice(None), update.reshape(-1))
         return new_state
 
+    def fused_step(self, context: Any) -> Callable[..., dict[str, Any]] | None:
+        """A compiled form of :meth:`stream_updates` for this context, or ``None`` (the default)
+        if the rule has none. ``NeuralGraphOpt(compile=...)`` uses it when it exists; it is called
+        as ``fused(params, grads, state, lr, weight_decay, frozen)`` (per-parameter lists) and
+        returns the new state, with parameters and statistics updated in place."""
+        return None
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments (used by ``save_pretrained``)."""
         return {}
