@@ -40,42 +40,60 @@ class NeighbourAggregation(nn.Module):
         self.register_buffer("biclique_src", graph.biclique_src.clone())
         self.register_buffer("biclique_dst", graph.biclique_dst.clone())
         self.register_buffer("sparse", sparse.clone())
+        self.gathers = {}  # per direction: whether each node receives at most one contribution
+        for name, targets in (("in", torch.cat([graph.biclique_dst[0], sparse[1]])),
+                              ("out", torch.cat([graph.biclique_src[0], sparse[0]]))):
+            self.register_buffer(f"{name}_targets", targets)
+            self.gathers[name] = bool((torch.bincount(targets, minlength=self.num_nodes) <= 1).all())
         deg_in = scatter(torch.ones(graph.num_edges), graph.edge_index[1], 0, dim_size=graph.num_nodes)
         deg_out = scatter(torch.ones(graph.num_edges), graph.edge_index[0], 0, dim_size=graph.num_nodes)
         self.register_buffer("log_degree", torch.stack([deg_in, deg_out], 1).log1p())
 
-    def _direction(self, x: Tensor, members_from: Tensor, members_to: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    def _direction(self, x: Tensor, members_from: Tensor, members_to: Tensor, src: Tensor, dst: Tensor,
+                   direction: str) -> Tensor:
         """Aggregates at ``members_to`` nodes of states at ``members_from`` nodes: ``[N, 4 * d]``.
 
         Sums (of states, squares and counts) travel together in one scatter, and so do maxima and
-        minima (as maxima of ``[x, -x]``): four scatters instead of ten, with the same values, since
-        each column is still reduced over the same rows in the same order."""
-        n, b, d = self.num_nodes, self.num_bicliques, x.shape[1]
+        minima (as maxima of ``[x, -x]``). Where every node has at most one contribution (one
+        biclique, no one-to-one edge: plain MLPs and CNNs) the node-level scatters are gathers. The
+        values are those of the ten separate scatters, bit for bit: each column is reduced over the
+        same rows in the same order."""
+        b, d = self.num_bicliques, x.shape[1]
         node_from, clique_from = members_from
-        node_to, clique_to = members_to
         gathered = x[node_from]
         ones = torch.ones_like(gathered[:, :1])
         sums = scatter(torch.cat([gathered, gathered * gathered, ones], 1), clique_from, 0, dim_size=b, reduce="sum")
         extremes = scatter(torch.cat([gathered, -gathered], 1), clique_from, 0, dim_size=b, reduce="max")
-        index = torch.cat([node_to, dst])
         neighbours = x[src]
         direct = torch.cat([neighbours, neighbours * neighbours, torch.ones_like(neighbours[:, :1])], 1)
-        total = scatter(torch.cat([sums[clique_to], direct]), index, 0, dim_size=n, reduce="sum")
-        bounds = scatter(torch.cat([extremes[clique_to], torch.cat([neighbours, -neighbours], 1)]), index, 0,
-                         dim_size=n, reduce="max")
+        clique_to = members_to[1]
+        total = self._combine(torch.cat([sums[clique_to], direct]), "sum", direction)
+        bounds = self._combine(torch.cat([extremes[clique_to], torch.cat([neighbours, -neighbours], 1)]), "max",
+                               direction)
         total, total_sq, count = total[:, :d], total[:, d:2 * d], total[:, 2 * d:]
         high, low = bounds[:, :d], -bounds[:, d:]
         has = count > 0
         count = count.clamp(min=1)
         mean = total / count
         std = (total_sq / count - mean * mean).clamp(min=0).add(1e-12).sqrt()
-        return torch.cat([mean, low, high, std], 1) * has
+        return torch.where(has, torch.cat([mean, low, high, std], 1), 0.0)  # +0.0, as scatter's fill, where empty
+
+    def _combine(self, contributions: Tensor, reduce: str, direction: str) -> Tensor:
+        """``scatter(contributions, targets, reduce)`` over the nodes (``[N, c]``; 0 where none)."""
+        targets = getattr(self, f"{direction}_targets")
+        if not self.gathers[direction]:
+            return scatter(contributions, targets, 0, dim_size=self.num_nodes, reduce=reduce)
+        # every node has at most one contribution: a gather. + 0.0 because a scatter-sum onto zeros
+        # turns -0.0 into +0.0
+        return contributions.new_zeros(self.num_nodes, contributions.shape[1]).index_copy(
+            0, targets, contributions + 0.0 if reduce == "sum" else contributions)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, d]`` -> ``[N, 8 * d + 2]``: (in: mean, min, max, std | out: same | log(1 + deg in, out))."""
         if x.shape[0] != self.num_nodes:
             raise ValueError(f"expected states of {self.num_nodes} nodes, got {x.shape[0]}")
         src, dst = self.sparse
-        incoming = self._direction(x, self.biclique_src, self.biclique_dst, src, dst)
-        outgoing = self._direction(x, self.biclique_dst, self.biclique_src, dst, src)
+        incoming = self._direction(x, self.biclique_src, self.biclique_dst, src, dst, "in")
+        outgoing = self._direction(x, self.biclique_dst, self.biclique_src, dst, src, "out")
         return torch.cat([incoming, outgoing, self.log_degree.to(x.dtype)], 1)
+

@@ -89,3 +89,18 @@ def test_recipe_spread_quick_trains_each_seed_resumably_and_evaluates_every_rule
     trained = {r["label"]: r["train"] for r in record["runs"]}
     assert trained["seed 0"] != trained["seed 1"] != trained["shipped"]
     assert (tmp_path / "out" / "recipe_spread.png").exists() and (tmp_path / "out" / "recipe_spread.md").exists()
+
+
+def test_fused_targets_are_judged_from_the_rows():
+    def row(model, params, vs_adam, transient=1.0):
+        return {"model": model, "optimizer": step_overhead.FUSED, "params": params, "vs_adam": vs_adam,
+                "transient_bytes_per_param": transient, "vs_reference": 0.3, "first_step_s": 20.0,
+                "step_s": 0.01, "forward_backward_s": 0.02}
+
+    cpu = step_overhead.fused_targets([row("MLP 784-2048-2048-10", 5.8e6, 3.9), row("CNN 32-64-64", 6e4, 8.5),
+                                       row("MLP 784-256-256-10", 2.7e5, 7.0, transient=30.0)], [], "cpu")
+    lines = cpu.splitlines()[2:]
+    assert "(<= 4) met" in lines[0] and "(<= 8) MISSED" in lines[1] and "(<= 8) met" in lines[2]
+    assert "30.0 met" in lines[2]  # transient is judged above 1M parameters only
+    gpu = step_overhead.fused_targets([row("ViT-B/16 bf16", 8.6e7, 12.0)], [], "cuda")
+    assert "0.50x met" in gpu and "12.0x MISSED" in gpu
