@@ -63,14 +63,17 @@ def make_task(name: str, seed: int):
 
 def make_optimizer(spec: tuple[str, float], model: torch.nn.Module, ff_rule: str | None,
                    rule: str | None = None) -> torch.optim.Optimizer:
-    """``spec = (kind, lr)``; ``rule``: NeuralGraphOpt's rule (``None``: the shipped default)."""
+    """``spec = (kind, lr)``; ``rule``: NeuralGraphOpt's rule (``None``: the shipped default).
+    ``"NeuralGraphOpt"`` runs the default ``compile="auto"`` (the fused step where it compiles);
+    ``"NeuralGraphOpt reference"`` the reference step (``compile=False``)."""
     from l2o import NeuralGraphOpt
 
     kind, lr = spec
     if kind == "Adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
-    if kind == "NeuralGraphOpt":
-        return NeuralGraphOpt(model.parameters(), lr=lr, model=model, rule=rule)
+    if kind in ("NeuralGraphOpt", "NeuralGraphOpt reference"):
+        compile = "auto" if kind == "NeuralGraphOpt" else False
+        return NeuralGraphOpt(model.parameters(), lr=lr, model=model, rule=rule, compile=compile)
     if kind == "FF":
         return NeuralGraphOpt(model.parameters(), lr=lr, rule=ff_rule or "ff")
     raise ValueError(kind)

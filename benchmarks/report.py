@@ -16,7 +16,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
-ORDER = ("step_overhead", "step_overhead_cuda", "l2o_quality", "recipe_spread", "encoders_throughput",
+ORDER = ("step_overhead", "step_overhead_cuda", "fused_parity", "l2o_quality", "recipe_spread", "encoders_throughput",
          "encoders_throughput_cuda", "zoo_throughput", "weight_space", "weight_space_classify")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",

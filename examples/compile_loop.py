@@ -3,7 +3,10 @@ optimizer from either; ``model=compiled`` is unwrapped to the original module (s
 parameters the same with or without compile)::
 
     python examples/compile_loop.py
-    python examples/compile_loop.py --compile-step   # also compile optimizer.step: works, slow to compile
+    python examples/compile_loop.py --compile-step   # compile optimizer.step yourself: works, slow to compile
+
+The optimizer compiles its own fused step (``compile="auto"``); ``--compile-step`` turns that off
+(``compile=False``) and wraps the reference step in ``torch.compile`` instead.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def main(steps: int = 20, compile_step: bool = False) -> tuple[nn.Module, Neural
     """Train the toy model through its compiled version; returns the original model and the optimizer."""
     model = make_model()
     compiled = torch.compile(model)
-    optimizer = NeuralGraphOpt(compiled.parameters(), model=compiled)
+    optimizer = NeuralGraphOpt(compiled.parameters(), model=compiled, compile=False if compile_step else "auto")
     step = torch.compile(optimizer.step) if compile_step else optimizer.step
     for _, batch in zip(range(steps), cycle(make_loader())):
         optimizer.zero_grad()

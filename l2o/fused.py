@@ -23,10 +23,12 @@ neuron ids. The arithmetic is the reference's; only the order of floating-point 
 differs, so the two agree to float rounding (tested: relative error <= 1e-5 over 50 steps), not
 bit for bit.
 
-The per-tensor functions are compiled with dynamic shapes: one compilation serves every tensor
-with the same neuron-map structure, in every model, and inductor's on-disk cache keeps it across
-processes. Run eagerly (:func:`fused_step_` with ``compiled=False``), the same code is correct but
-slow; tests run both.
+The per-tensor functions are compiled with static shapes, once per distinct parameter shape and
+neuron-map structure (the layers of a deep network share one compilation), and inductor's on-disk
+cache keeps the result across processes. Static shapes because with symbolic ones inductor cannot
+fuse the row-broadcast part of the element loop with the rest, and stores the 16 hidden units.
+Run eagerly (:class:`FusedStep` with ``compiled=False``), the same code is correct but slow; tests
+run both.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from l2o import features as F
 if TYPE_CHECKING:
     from l2o.graph_rule import GraphContext, NeuralGraphRule, NeuronMap
 
-__all__ = ["FusedStep", "compile_unavailable", "head_tables", "neuron_context", "tensor_stats_", "tensor_update_"]
+__all__ = ["FusedStep", "all_finite", "compile_unavailable", "head_tables", "neuron_context", "tensor_stats_",
+           "tensor_update_"]
 
 _N_FEAT = len(F.COMPACT_FEATURE_NAMES)
 _N_LINEAR = 5  # features g, p, m0, m1, m2: divided by their RMS over the tensor (the scales)
@@ -217,9 +220,9 @@ class FusedStep:
     the returned state holds the new step counter.
 
     ``compiled=True`` runs :func:`tensor_stats_`, :func:`neuron_context` and
-    :func:`tensor_update_` through ``torch.compile`` (dynamic shapes, so learning-rate schedules,
-    new models and same-structured tensors do not recompile); ``False`` runs the same functions
-    eagerly (slow; for tests and debugging).
+    :func:`tensor_update_` through ``torch.compile`` (static shapes; learning rates, weight decay
+    and frozen flags are tensors, so schedules and missing gradients do not recompile); ``False``
+    runs the same functions eagerly (slow; for tests and debugging).
     """
 
     def __init__(self, rule: NeuralGraphRule, context: GraphContext, compiled: bool = True) -> None:
@@ -276,6 +279,13 @@ class FusedStep:
             self._update(p, g, mom, rms, col, row_vhat, scales, tables, head, corrections[rms.dtype], lrs[i], wds[i],
                          frozen_t[i], form)
         return dict(state, step=step)
+
+
+def all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """Whether every element of every tensor is finite: a 0-d bool tensor. ``NeuralGraphOpt``
+    compiles it next to the fused step for its check of the gradients: compiled it is one pass over
+    each gradient, where eager ``isfinite(g).all()`` makes four and allocates."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
 def compile_unavailable(device: torch.device | str) -> str | None:

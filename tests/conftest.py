@@ -12,7 +12,7 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["L2O_COMPILE"] = "0"  # NeuralGraphOpt's compile="auto" runs the reference step; tests/l2o/test_fused.py compiles
+os.environ["L2O_COMPILE"] = "0"  # compile="auto" runs the reference step; tests/l2o/test_fused.py compiles
 
 import torch  # noqa: E402
 

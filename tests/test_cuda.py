@@ -21,6 +21,10 @@ from l2o.meta.metrics import read_metrics
 from tests.encoders.conftest import LAYOUT, VARIANTS, EncoderWithHeads, make_encoder
 from tests.encoders.networks import NETWORKS, build
 from tests.encoders.test_encoders_symmetry import SYMMETRY_NETWORKS
+from tests.l2o.test_fused import (
+    check_compiled_step_commutes_with_permutations,
+    check_compiled_step_follows_the_reference,
+)
 from tests.l2o.test_graph_rule import random_rule, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -104,6 +108,13 @@ def test_optimizer_step_on_cuda_commutes_with_hidden_permutations(name):
     after_permuted = train(permuted, example, rule).cpu()
     assert (after - graph.to_flat()).abs().max() > 1e-3, "the steps should move the parameters"
     torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "transformer"])
+def test_fused_step_on_cuda_follows_the_cpu_reference_and_commutes_with_hidden_permutations(name):
+    """The compiled step (Triton on the GPU) against the CPU's reference step, and its symmetry."""
+    check_compiled_step_follows_the_reference(name, CUDA)
+    check_compiled_step_commutes_with_permutations(name, CUDA)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

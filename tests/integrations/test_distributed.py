@@ -1,8 +1,15 @@
 """Two CPU processes over gloo (one fork per module): DDP and accelerate keep the replicas
-identical, and sharded setups (FSDP, FSDP2/DTensor, ZeroRedundancyOptimizer) fail clearly."""
+identical, and sharded setups (FSDP, FSDP2/DTensor, ZeroRedundancyOptimizer) fail clearly.
+
+The workers are forked from a freshly spawned launcher, not from the pytest process: earlier tests
+leave that one with helper threads (torch.compile's compile workers, other libraries' pools), and
+forking a process with threads can deadlock (it did, now and then). A launcher that hangs fails
+the test instead of the whole suite.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 from collections.abc import Callable
@@ -61,11 +68,24 @@ def _worker(rank: int, ports: list[int], out: Path) -> None:
     torch.save(results, out / f"rank{rank}.pt")
 
 
+def _launch(ports: list[int], out: Path) -> None:
+    torch.multiprocessing.start_processes(_worker, args=(ports, out), nprocs=WORLD, start_method="fork")
+
+
+LAUNCH_TIMEOUT_S = 600
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ranks")
     ports = [_free_port(), _free_port()]
-    torch.multiprocessing.start_processes(_worker, args=(ports, out), nprocs=WORLD, start_method="fork")
+    launcher = multiprocessing.get_context("spawn").Process(target=_launch, args=(ports, out))
+    launcher.start()
+    launcher.join(LAUNCH_TIMEOUT_S)
+    if launcher.is_alive():
+        launcher.kill()
+        pytest.fail(f"the two distributed workers did not finish within {LAUNCH_TIMEOUT_S} s")
+    assert launcher.exitcode == 0, f"the distributed workers failed (exit code {launcher.exitcode})"
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
