@@ -93,11 +93,13 @@ def tensor_stats_(
     """Advance one tensor's statistics in place and sum its features for pooling.
 
     Args:
-        param, grad: ``[R, C]``, the matrix view (:func:`l2o.features.matrix_shape`) of a parameter
-            and its gradient. Views are taken outside the compiled code: reshaping inside would
-            make dynamo specialise it to one shape.
-        mom ``[3, R, C]``, rms ``[R, C]``, row ``[3, R]``, col ``[3, C]``: its statistics
-            (:class:`l2o.features.TensorStats`), advanced in place as by :func:`l2o.features.update_stats`.
+        param: ``[R, C]``, the matrix view (:func:`l2o.features.matrix_shape`) of a parameter. Views
+            are taken outside the compiled code: reshaping inside would make dynamo specialise it.
+        grad: ``[R, C]``, its gradient.
+        mom: ``[3, R, C]`` momenta, advanced in place as by :func:`l2o.features.update_stats`.
+        rms: ``[R, C]`` second moment, advanced in place.
+        row: ``[3, R]`` factored row statistics, advanced in place.
+        col: ``[3, C]`` factored column statistics, advanced in place.
         rates: ``1 - decay`` of the momenta ``[3]``, second moment ``[]`` and factored statistics ``[3]``.
         pools: for each neuron map the pooling needs, its ``along`` (``"row"``, ``"col"`` or ``"full"``).
         dtype: the rule's dtype (features are pooled in it).
@@ -167,13 +169,19 @@ def tensor_update_(
     """One tensor's update, written into ``param`` in place: features, head, Adam's direction.
 
     Args:
-        param, grad, mom, rms, col: as in :func:`tensor_stats_` (statistics already advanced);
-            ``param [R, C]`` is written in place, so it must be a view of the parameter.
-        row_vhat ``[R]``, scales ``[5]``: from :func:`tensor_stats_`.
+        param: ``[R, C]``, written in place, so it must be a view of the parameter.
+        grad: ``[R, C]``.
+        mom: ``[3, R, C]``, as advanced by :func:`tensor_stats_`.
+        rms: ``[R, C]``, as advanced by :func:`tensor_stats_`.
+        col: ``[3, C]``, as advanced by :func:`tensor_stats_`.
+        row_vhat: ``[R]``, from :func:`tensor_stats_`.
+        scales: ``[5]``, from :func:`tensor_stats_`.
         tables: :func:`head_tables`.
         head: the head's ``(input weight [H, 9], output weight [2, H], output bias [2])``.
         corrections: ``[2]`` reciprocals of Adam's bias corrections ``1 / (1 - b1^t), 1 / sqrt(1 - b2^t)``.
-        lr, weight_decay: 0-d; frozen: 0-d bool (the parameter is left as it is).
+        lr: 0-d learning rate.
+        weight_decay: 0-d decoupled weight decay.
+        frozen: 0-d bool: the parameter is left as it is.
         form: ``(step_mult, exp_mult, skip, gated)`` of :func:`l2o.features.direction_magnitude_update`.
     """
     p, g = param.to(rms.dtype), grad.to(rms.dtype)

@@ -317,7 +317,8 @@ class NeuralGraphOpt(Optimizer):
     def _run_fused(self, fused: Callable[..., dict[str, Any]], params: list[Tensor], grads: list[Tensor],
                    lrs: list[Any], wds: list[Any], frozen: list[bool]) -> dict[str, Any] | None:
         """One fused step; ``None`` if the first one failed to compile under ``compile="auto"``
-        (parameters and state are then restored, and the caller runs the reference step)."""
+        (parameters and state are then restored, and the caller runs the reference step). The
+        first step holds a copy of the parameters and statistics for that, the others none."""
         if not self._fused_first:
             return fused(params, grads, self.rule_state, lrs, wds, frozen)
         saved = [p.detach().clone() for p in params], tree_map(torch.clone, self.rule_state)

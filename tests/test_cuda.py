@@ -25,7 +25,7 @@ from tests.l2o.test_fused import (
     check_compiled_step_commutes_with_permutations,
     check_compiled_step_follows_the_reference,
 )
-from tests.l2o.test_graph_rule import random_rule, train
+from tests.l2o.test_graph_rule import permuted_pair, random_rule, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -96,12 +96,7 @@ def _tensors(state) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "transformer"])
 def test_optimizer_step_on_cuda_commutes_with_hidden_permutations(name):
-    model, example = build(name)
-    model, example = model.double(), example.double() if example.is_floating_point() else example
-    graph = NeuralGraph.from_module(model)
-    sigma = random_hidden_permutation(graph, torch.Generator().manual_seed(1))
-    permuted = copy.deepcopy(model)
-    permuted.load_state_dict(graph.unflatten(permute_flat(graph, graph.to_flat(), sigma)), strict=False)
+    model, permuted, example, graph, sigma = permuted_pair(name)
     model, permuted, example = model.to(CUDA), permuted.to(CUDA), example.to(CUDA)
     rule = random_rule()
     after = train(model, example, rule).cpu()

@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from encoders import NeuralGraph
-from encoders.symmetry import permute_flat, random_hidden_permutation
+from encoders.symmetry import permute_flat
 from l2o import FFRule, NeuralGraphOpt, NeuralGraphRule, learned_step_
 from l2o import features as F
 from l2o.fused import FusedStep
 from tests.encoders.networks import build
-from tests.l2o.test_graph_rule import _as_full
+from tests.l2o.test_graph_rule import _as_full, permuted_pair
 
 STEPS = 50
 
@@ -36,7 +35,8 @@ def _grads(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
 
 
 def _max_relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x.double() - y.double()).norm() / y.double().norm().clamp(min=1e-30)) for x, y in zip(a, b))
+    a, b = [x.detach().double() for x in a], [y.detach().double() for y in b]
+    return max(float((x - y).norm() / y.norm().clamp(min=1e-30)) for x, y in zip(a, b))
 
 
 def _wide() -> tuple[nn.Module, torch.Tensor]:
@@ -127,12 +127,7 @@ def test_compiled_optimizer_matches_the_reference_and_does_not_recompile(name):
 
 def check_compiled_step_commutes_with_permutations(name: str, device: torch.device | str = "cpu") -> None:
     """Three compiled steps on a network and on its hidden-permuted twin give permuted parameters."""
-    model, example = build(name)
-    model, example = model.double(), example.double() if example.is_floating_point() else example
-    graph = NeuralGraph.from_module(model)
-    sigma = random_hidden_permutation(graph, torch.Generator().manual_seed(1))
-    permuted = copy.deepcopy(model)
-    permuted.load_state_dict(graph.unflatten(permute_flat(graph, graph.to_flat(), sigma)), strict=False)
+    model, permuted, example, graph, sigma = permuted_pair(name)
     rule = _rule(dtype=torch.float64)
     start = graph.to_flat()
     after = []

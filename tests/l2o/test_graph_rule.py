@@ -37,16 +37,21 @@ def train(model: nn.Module, example: torch.Tensor, rule: NeuralGraphRule, steps:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-@pytest.mark.parametrize("name", ["mlp", "siren", "cnn_mixed_kernels", "resnet", "transformer"])
-def test_step_on_permuted_network_is_the_permuted_step(name):
+def permuted_pair(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor, NeuralGraph, torch.Tensor]:
+    """``(model, permuted, example, graph, sigma)``: network ``name`` in float64 and a copy whose
+    hidden neurons are permuted by ``sigma``."""
     model, example = build(name)
-    model = model.double()
-    example = example if not example.is_floating_point() else example.double()
+    model, example = model.double(), example.double() if example.is_floating_point() else example
     graph = NeuralGraph.from_module(model)
     sigma = random_hidden_permutation(graph, torch.Generator().manual_seed(1))
     permuted = copy.deepcopy(model)
-    start = permute_flat(graph, graph.to_flat(), sigma)
-    permuted.load_state_dict(graph.unflatten(start), strict=False)
+    permuted.load_state_dict(graph.unflatten(permute_flat(graph, graph.to_flat(), sigma)), strict=False)
+    return model, permuted, example, graph, sigma
+
+
+@pytest.mark.parametrize("name", ["mlp", "siren", "cnn_mixed_kernels", "resnet", "transformer"])
+def test_step_on_permuted_network_is_the_permuted_step(name):
+    model, permuted, example, graph, sigma = permuted_pair(name)
     rule = random_rule()
     after = train(model, example, rule)
     after_permuted = train(permuted, example, rule)
