@@ -46,8 +46,8 @@ from l2o import features as F
 if TYPE_CHECKING:
     from l2o.graph_rule import GraphContext, NeuralGraphRule, NeuronMap
 
-__all__ = ["FusedStep", "all_finite", "compile_unavailable", "head_tables", "neuron_context", "tensor_stats_",
-           "tensor_update_"]
+__all__ = ["FusedStep", "all_finite", "compile_unavailable", "compiled_all_finite", "head_tables", "neuron_context",
+           "tensor_stats_", "tensor_update_"]
 
 _N_FEAT = len(F.COMPACT_FEATURE_NAMES)
 _N_LINEAR = 5  # features g, p, m0, m1, m2: divided by their RMS over the tensor (the scales)
@@ -59,11 +59,19 @@ _RECOMPILE_LIMIT = 1024
 (dynamo's default of 8 would send the ninth shape of a model back to eager code)."""
 
 _INDUCTOR_OPTIONS = {"realize_opcount_threshold": 10**6, "realize_cpu_opcount_threshold": 10**6,
-                     "realize_reads_threshold": 10**6}
+                     "realize_reads_threshold": 10**6, "compile_threads": 1}
 """Never store a per-element intermediate: by default inductor writes an expression with many
 operations and several readers to memory (each hidden unit's pre-activation, read twice by SiLU),
 which here would add 64 bytes per element of traffic and memory. Recomputing it is free, since
-inductor's code generation shares identical sub-expressions within a loop."""
+inductor's code generation shares identical sub-expressions within a loop. ``compile_threads=1``:
+inductor's pool of compile threads deadlocked now and then here (torch 2.13, CPU; a cache hit
+waited forever on a compile future, seen in the test suite); each of these graphs has only a few
+kernels, so compiling them in the calling thread costs little."""
+
+
+def _compiled(fn: Callable) -> Callable:
+    """``fn`` through ``torch.compile`` as the fused step compiles: static shapes, the options above."""
+    return torch.compile(fn, dynamic=False, options=_INDUCTOR_OPTIONS)
 
 
 def _features(p: Tensor, g: Tensor, mom: Tensor, rms: Tensor, row_vhat: Tensor, col0: Tensor) -> list[Tensor]:
@@ -235,8 +243,7 @@ class FusedStep:
 
     def __init__(self, rule: NeuralGraphRule, context: GraphContext, compiled: bool = True) -> None:
         self.rule, self.context = rule, context
-        wrap: Callable[[Callable], Callable] = (
-            (lambda fn: torch.compile(fn, dynamic=False, options=_INDUCTOR_OPTIONS)) if compiled else (lambda fn: fn))
+        wrap: Callable[[Callable], Callable] = _compiled if compiled else (lambda fn: fn)
         self._stats, self._context, self._update = wrap(tensor_stats_), wrap(neuron_context), wrap(tensor_update_)
 
     def __call__(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
@@ -294,6 +301,11 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
     compiles it next to the fused step for its check of the gradients: compiled it is one pass over
     each gradient, where eager ``isfinite(g).all()`` makes four and allocates."""
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
+def compiled_all_finite() -> Callable[[Sequence[Tensor]], Tensor]:
+    """:func:`all_finite`, compiled as the fused step is."""
+    return _compiled(all_finite)
 
 
 def compile_unavailable(device: torch.device | str) -> str | None:
