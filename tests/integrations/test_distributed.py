@@ -9,7 +9,6 @@ the test instead of the whole suite.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import socket
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from toy import make_model
 
 from l2o import NeuralGraphOpt
 from tests.integrations.helpers import assert_close, assert_same, full_batch_reference, params_of, reset_accelerate
+from tests.processes import run_in_spawned_launcher
 
 WORLD = 2
 
@@ -72,20 +72,11 @@ def _launch(ports: list[int], out: Path) -> None:
     torch.multiprocessing.start_processes(_worker, args=(ports, out), nprocs=WORLD, start_method="fork")
 
 
-LAUNCH_TIMEOUT_S = 600
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ranks")
     ports = [_free_port(), _free_port()]
-    launcher = multiprocessing.get_context("spawn").Process(target=_launch, args=(ports, out))
-    launcher.start()
-    launcher.join(LAUNCH_TIMEOUT_S)
-    if launcher.is_alive():
-        launcher.kill()
-        pytest.fail(f"the two distributed workers did not finish within {LAUNCH_TIMEOUT_S} s")
-    assert launcher.exitcode == 0, f"the distributed workers failed (exit code {launcher.exitcode})"
+    run_in_spawned_launcher(_launch, (ports, out), "the two distributed workers")
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

@@ -7,7 +7,6 @@ forked from a freshly spawned launcher process instead, and a launcher that hang
 
 from __future__ import annotations
 
-import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from l2o.meta.checkpoint import load_checkpoint
 from l2o.meta.metrics import read_metrics
 from l2o.meta.tasks import load_image_data
 from tests.meta.runs import assert_same_state, small_config, without_timing
+from tests.processes import run_in_spawned_launcher
 
 
 def _train_in_child(config: dict, run_dir: str) -> None:
@@ -39,19 +39,10 @@ def _launch_two(config: dict, run_dir: str) -> None:
     debug_launcher(_train_in_child, args=(config, run_dir), num_processes=2)
 
 
-LAUNCH_TIMEOUT_S = 600
-
-
 @pytest.mark.parametrize("estimator", ["pes", "tbptt"])
 def test_two_processes_equal_one_process(tmp_path, estimator):
     config = small_config(estimator={"name": estimator}, n_tasks=4, steps=4, checkpoint_every=2)
-    launcher = multiprocessing.get_context("spawn").Process(target=_launch_two, args=(config, str(tmp_path / "two")))
-    launcher.start()
-    launcher.join(LAUNCH_TIMEOUT_S)
-    if launcher.is_alive():
-        launcher.kill()
-        pytest.fail(f"two-process meta-training did not finish within {LAUNCH_TIMEOUT_S} s")
-    assert launcher.exitcode == 0, f"two-process meta-training failed (exit code {launcher.exitcode})"
+    run_in_spawned_launcher(_launch_two, (config, str(tmp_path / "two")), "two-process meta-training")
     torch.manual_seed(0)
     single = meta_train(config, tmp_path / "one")
 
