@@ -4,7 +4,9 @@ The layers, pointing one way::
 
     builder.py   GraphBuilder, the vocabulary (blocks, edges, where each parameter element lives)
     graph.py     NeuralGraph, the data structure; NeuralGraph.from_builder
+    templates.py the layer templates (linear, conv, norm, attention, ...) both tracers describe layers with
     tracing.py   nn.Module -> GraphBuilder (torch.fx)        chaining.py   parameter list -> GraphBuilder
+    exporting.py nn.Module + example inputs -> GraphBuilder (torch.export)
     build.py     this module: a tracer or chaining, then NeuralGraph.from_builder
 
 ``graph.py`` imports neither the tracer nor chaining. ``NeuralGraph.from_module`` and
@@ -19,18 +21,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from encoders.builder import ParamsLike, named_tensors
+from encoders.builder import GraphBuilder, ParamsLike, named_tensors
 from encoders.chaining import chain_parameters
+from encoders.exporting import example_inputs_for, trace_exported
 from encoders.graph import NeuralGraph, register_constructor
 from encoders.tracing import trace_module
 
-__all__ = ["graph_from_module", "graph_from_parameters"]
+__all__ = ["graph_from_module", "graph_from_parameters", "trace"]
 
 
-def _from_module(cls: type[NeuralGraph], model: nn.Module, layout: dict[str, Any]) -> NeuralGraph:
-    builder, named = trace_module(model)
+def trace(
+    model: nn.Module, example_inputs: tuple | dict | None = None
+) -> tuple[GraphBuilder, list[tuple[str, Tensor]]]:
+    """Describe ``model`` to a :class:`GraphBuilder`: with ``torch.fx`` where it traces (no inputs
+    needed), else with ``torch.export`` on ``example_inputs``. Hugging Face models go straight to
+    ``torch.export``, with inputs built from their config when none are given."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"from_module expects an nn.Module, got {type(model).__name__}")
+    if example_inputs_for(model) is not None:
+        return trace_exported(model, example_inputs)
+    try:
+        return trace_module(model)
+    except ValueError as fx_error:
+        if example_inputs is None:
+            raise ValueError(f"torch.fx: {fx_error}; pass example_inputs= to trace it with torch.export instead"
+                             ) from fx_error
+        try:
+            return trace_exported(model, example_inputs)
+        except ValueError as export_error:
+            raise ValueError(f"torch.fx: {fx_error}; torch.export: {export_error}") from export_error
+
+
+def _from_module(cls: type[NeuralGraph], source: tuple[nn.Module, Any], layout: dict[str, Any]) -> NeuralGraph:
+    builder, named = trace(*source)
     return cls.from_builder(builder, named, **layout)
 
 
@@ -39,9 +64,9 @@ def _from_parameters(cls: type[NeuralGraph], params: ParamsLike, layout: dict[st
     return cls.from_builder(chain_parameters(named), named, **layout)
 
 
-def graph_from_module(model: nn.Module, **layout: Any) -> NeuralGraph:
-    """``NeuralGraph.from_module(model, **layout)``: the exact graph of ``model``, traced."""
-    return _from_module(NeuralGraph, model, layout)
+def graph_from_module(model: nn.Module, example_inputs: tuple | dict | None = None, **layout: Any) -> NeuralGraph:
+    """``NeuralGraph.from_module(model, example_inputs, **layout)``: the exact graph of ``model``, traced."""
+    return _from_module(NeuralGraph, (model, example_inputs), layout)
 
 
 def graph_from_parameters(params: ParamsLike, **layout: Any) -> NeuralGraph:

@@ -65,8 +65,9 @@ class EdgeKind(IntEnum):
     WEIGHT = 0  # a weight (or a kernel slice) of a linear / convolution / embedding layer
     RESIDUAL = 1  # an identity connection from a skip path (constant identity-kernel feature)
     NORM = 2  # the one-to-one scale gamma of a normalization layer
-    ATTENTION = 3  # the (W_Q, W_K, W_V) entries joining an input neuron to an attention neuron
+    ATTENTION = 3  # joins a key neuron to the query neuron it is multiplied with (constant feature)
     OTHER = 4  # an element of a parameter that fits no layer template
+    GATE = 5  # joins a GLU's gate neuron to the neuron it multiplies (constant feature)
 
 
 @dataclass
@@ -86,86 +87,145 @@ class GraphBuilder:
     """Accumulates blocks of nodes, edges and parameter placements.
 
     A *block* is a set of nodes created together (one layer's neurons). Blocks carry the metadata
-    encoders need (depth, role, activation) and the permutation structure: blocks joined by
-    residual or normalization edges must be permuted together (``tie``); blocks that hold input or
-    output neurons cannot be permuted at all.
+    encoders need (depth, role, activation). The permutation structure lives on *units*: a unit is
+    a set of nodes that a symmetry may reorder (a whole layer, or one attention head of a
+    projection, :meth:`split_heads`). Units joined by residual, normalization, gate or attention
+    edges are permuted together (:meth:`tie`), each by the same reordering of its positions.
+    Units that hold input or output neurons, or whose neurons the network mixes by position
+    (:meth:`fix`, e.g. rotary embeddings), are never permuted, nor is anything tied to them.
     """
 
     def __init__(self) -> None:
         self.num_nodes = 0
         self._blocks: list[dict] = []
         self._block_starts: list[int] = []
-        self._node_block: list[Tensor] = []
-        self._node_head: list[Tensor] = []
         self._edges: list[tuple[Tensor, Tensor, int]] = []
         self._num_edges = 0
         self._bicliques: list[tuple[Tensor, Tensor, Tensor]] = []  # (sources, targets, edge ids)
         self._edge_constants: list[tuple[Tensor, int]] = []  # (edge ids, channel) with an identity kernel
         self._placements: list[_Placement] = []
-        self._parent: list[int] = []  # union-find over permutation groups
-        self._group_of_block: list[int] = []
+        self._unit_parent: list[int] = []  # union-find over units
+        self._unit_fixed: list[bool] = []
+        self._unit_block: list[int] = []
 
     # ----------------------------------------------------------------- nodes and edges
-    def add_block(
-        self, size: int, role: Role, depth: int, *, heads: int = 1, fixed: bool = False
-    ) -> Tensor:
-        """Create ``size`` nodes; returns their ids ``[size]``.
-
-        ``heads > 1`` splits the block into equal head-sized permutation groups (attention):
-        neurons permute only within their head, and their ``node_head`` records the head.
-        """
+    def add_block(self, size: int, role: Role, depth: int, *, fixed: bool = False) -> Tensor:
+        """Create ``size`` nodes (one unit); returns their ids ``[size]``."""
         if size <= 0:
             raise ValueError(f"a layer needs at least one neuron, got {size}")
-        if size % heads:
-            raise ValueError(f"{size} neurons cannot be split into {heads} heads")
-        block = len(self._blocks)
         ids = torch.arange(self.num_nodes, self.num_nodes + size)
         self.num_nodes += size
         self._block_starts.append(self.num_nodes - size)
-        self._blocks.append({"ids": ids, "role": role, "depth": depth, "activation": 0})
-        self._node_block.append(torch.full((size,), block))
-        head = torch.arange(size) // (size // heads)
-        self._node_head.append(head)
-        groups = []
-        for _ in range(heads):
-            self._parent.append(len(self._parent))
-            groups.append(self._parent[-1])
-        self._group_of_block.append(groups[0] if heads == 1 else -1)
-        self._blocks[-1]["groups"] = groups
-        self._blocks[-1]["fixed"] = fixed or role in (Role.INPUT, Role.OTHER)
+        self._blocks.append({
+            "ids": ids, "role": role, "depth": depth, "activation": 0,
+            "unit": torch.full((size,), self._new_unit(len(self._blocks), fixed or role in (Role.INPUT, Role.OTHER))),
+            "head": torch.zeros(size, dtype=torch.long), "attention": torch.zeros(size, dtype=torch.bool),
+        })
         return ids
+
+    def _new_unit(self, block: int, fixed: bool) -> int:
+        self._unit_parent.append(len(self._unit_parent))
+        self._unit_fixed.append(fixed)
+        self._unit_block.append(block)
+        return len(self._unit_parent) - 1
 
     def block_of(self, node_ids: Tensor) -> int:
         """Block that holds the nodes ``node_ids`` (all in one block)."""
-        return bisect_right(self._block_starts, int(node_ids[0])) - 1
+        return bisect_right(self._block_starts, int(node_ids.reshape(-1)[0])) - 1
 
     def depth_of(self, node_ids: Tensor) -> int:
         return self._blocks[self.block_of(node_ids)]["depth"]
 
     def set_activation(self, node_ids: Tensor, activation: str) -> None:
-        """Record that the neurons ``node_ids`` (one whole block) pass through ``activation``."""
+        """Record that the neurons ``node_ids`` (of one block) pass through ``activation``.
+
+        A block given two different activations (a composite such as GPT-2's tanh-GELU written out
+        elementwise) records ``"other"``.
+        """
         name = activation if activation in ACTIVATIONS else "other"
         block = self._blocks[self.block_of(node_ids)]
-        if block["role"] != Role.INPUT:
-            block["activation"] = ACTIVATIONS.index(name)
+        if block["role"] == Role.INPUT:
+            return
+        index = ACTIVATIONS.index(name)
+        block["activation"] = index if block["activation"] in (0, index) else ACTIVATIONS.index("other")
 
     def mark_output(self, node_ids: Tensor) -> None:
         block = self._blocks[self.block_of(node_ids)]
         block["role"] = Role.OUTPUT if block["role"] in (Role.HIDDEN, Role.OUTPUT) else block["role"]
-        block["fixed"] = True
+        self.fix(block["ids"])
+
+    def _where(self, node_ids: Tensor) -> tuple[dict, Tensor]:
+        """The block of ``node_ids`` and their positions in it."""
+        block = self._blocks[self.block_of(node_ids)]
+        local = node_ids.reshape(-1) - block["ids"][0]
+        if (local < 0).any() or (local >= len(block["ids"])).any():
+            raise ValueError("internal error: nodes of several blocks where one block was expected")
+        return block, local
+
+    def units_of(self, node_ids: Tensor) -> Tensor:
+        """Unit of every node in ``node_ids`` (same shape)."""
+        flat = node_ids.reshape(-1)
+        blocks = torch.searchsorted(torch.tensor(self._block_starts), flat, right=True) - 1
+        out = torch.empty_like(flat)
+        for b in blocks.unique().tolist():
+            mask = blocks == b
+            out[mask] = self._blocks[b]["unit"][flat[mask] - self._block_starts[b]]
+        return out.reshape(node_ids.shape)
+
+    def split_heads(self, node_ids: Tensor) -> None:
+        """Make every row of ``node_ids [heads, head_dim]`` (nodes of one block) its own unit: the
+        neurons of one attention head, which a symmetry may reorder within the head only. They get
+        the attention role and ``node_head`` = row index."""
+        block, local = self._where(node_ids)
+        local = local.reshape(node_ids.shape)
+        fixed = any(self._unit_fixed[self._find(int(u))] for u in block["unit"][local.reshape(-1)].unique())
+        for head, row in enumerate(local):
+            block["unit"][row] = self._new_unit(self.block_of(node_ids), fixed)
+            block["head"][row] = head
+            block["attention"][row] = True
+
+    def fix(self, node_ids: Tensor) -> None:
+        """No symmetry moves the nodes ``node_ids`` (nor anything tied to them)."""
+        for u in self.units_of(node_ids).unique().tolist():
+            self._unit_fixed[self._find(u)] = True
 
     def tie(self, a: Tensor, b: Tensor) -> None:
-        """Neurons ``a[k]`` and ``b[k]`` must be permuted together (residual / norm edges)."""
-        ba, bb = self._blocks[self.block_of(a)], self._blocks[self.block_of(b)]
-        if len(ba["groups"]) != 1 or len(bb["groups"]) != 1:
-            raise ValueError("residual or normalization edges into attention neurons are not supported")
-        ra, rb = self._find(ba["groups"][0]), self._find(bb["groups"][0])
-        self._parent[ra] = rb
+        """Neurons ``a[k]`` and ``b[k]`` must be permuted together (residual / norm / gate edges).
+
+        A tie is exact when ``a`` and ``b`` cover whole units in the same order; otherwise (a
+        partial or reordered correspondence, which no supported layer produces) both sides are
+        fixed, which is always a valid, if smaller, symmetry.
+        """
+        ua, ub = self.units_of(a).reshape(-1), self.units_of(b).reshape(-1)
+        if self._aligned(a.reshape(-1), ua) and self._aligned(b.reshape(-1), ub):
+            for x, y in torch.stack([ua, ub], 1).unique(dim=0).tolist():
+                rx, ry = self._find(x), self._find(y)
+                if rx != ry:
+                    self._unit_parent[rx] = ry
+                    self._unit_fixed[ry] = self._unit_fixed[ry] or self._unit_fixed[rx]
+        else:
+            self.fix(a)
+            self.fix(b)
+
+    def _aligned(self, ids: Tensor, units: Tensor) -> bool:
+        """``ids`` list whole units, each in ascending node order, and all of one size."""
+        sizes = set()
+        for u in units.unique().tolist():
+            mine = ids[units == u]
+            members = self._unit_members(u)
+            if not torch.equal(mine, members):
+                return False
+            sizes.add(len(members))
+        return len(sizes) == 1
+
+    def _unit_members(self, unit: int) -> Tensor:
+        block = self._blocks[self._unit_block[unit]]
+        return block["ids"][block["unit"] == unit]
 
     def _find(self, g: int) -> int:
-        while self._parent[g] != g:
-            self._parent[g] = self._parent[self._parent[g]]
-            g = self._parent[g]
+        while self._unit_parent[g] != g:
+            self._unit_parent[g] = self._unit_parent[self._unit_parent[g]]
+            g = self._unit_parent[g]
         return g
 
     def add_edges(self, src: Tensor, dst: Tensor, kind: EdgeKind) -> Tensor:
@@ -188,12 +248,13 @@ class GraphBuilder:
         return ids
 
     def identity_edges(self, src: Tensor, dst: Tensor, kind: EdgeKind) -> Tensor:
-        """One-to-one edges ``src[k] -> dst[k]`` (residual or normalization); returns ids ``[k]``."""
+        """One-to-one edges ``src[k] -> dst[k]`` whose ends are permuted together (residual,
+        normalization, gate, attention); returns ids ``[k]``."""
         if len(src) != len(dst):
             raise ValueError(f"one-to-one edges need equal sizes, got {len(src)} and {len(dst)}")
         ids = self.add_edges(src, dst, kind)
         self.tie(src, dst)
-        if kind == EdgeKind.RESIDUAL:
+        if kind != EdgeKind.NORM:  # NORM edges carry gamma; the others carry no parameter
             self._edge_constants.append((ids, 0))
         return ids
 
@@ -284,22 +345,21 @@ class GraphBuilder:
         biclique_src = cat([torch.stack([s, torch.full_like(s, i)]) for i, (s, _, _) in enumerate(self._bicliques)], 1)
         biclique_dst = cat([torch.stack([d, torch.full_like(d, i)]) for i, (_, d, _) in enumerate(self._bicliques)], 1)
 
-        node_block = cat(self._node_block)
         blocks = self._blocks
+        node_block = cat([torch.full((len(b["ids"]),), i) for i, b in enumerate(blocks)])
         role = torch.tensor([b["role"] for b in blocks], dtype=torch.long)[node_block]
+        role[cat([b["attention"] for b in blocks])] = Role.ATTENTION
         depth = torch.tensor([b["depth"] for b in blocks], dtype=torch.long)[node_block]
         act = torch.tensor([b["activation"] for b in blocks], dtype=torch.long)[node_block]
         node_index = cat([torch.arange(len(b["ids"])) for b in blocks])
-        head = cat(self._node_head)
-        # permutation groups: -1 where fixed; a group is fixed if any of its blocks is
-        fixed_roots = {self._find(g) for b in blocks if b["fixed"] for g in b["groups"]}
-        node_group = torch.empty(self.num_nodes, dtype=torch.long)
-        for b in blocks:
-            roots = torch.tensor([self._find(g) for g in b["groups"]])
-            per_node = roots[torch.arange(len(b["ids"])) // (len(b["ids"]) // len(roots))]
-            if any(int(r) in fixed_roots for r in roots):
-                per_node = torch.full_like(per_node, -1)
-            node_group[b["ids"]] = per_node
+        head = cat([b["head"] for b in blocks])
+        # permutation groups: the root unit of each node's unit, -1 where that root is fixed
+        root = torch.tensor([self._find(u) for u in range(len(self._unit_parent))], dtype=torch.long)
+        fixed = torch.tensor(self._unit_fixed, dtype=torch.bool)
+        node_unit = cat([b["unit"] for b in blocks])
+        node_group = torch.where(fixed[root[node_unit]], -1, root[node_unit])
+        # number units densely, in node order
+        _, node_unit = node_unit.unique(return_inverse=True)
         return {
             "num_nodes": self.num_nodes,
             "edge_index": torch.stack([src, dst]) if len(src) else torch.zeros(2, 0, dtype=torch.long),
@@ -315,6 +375,7 @@ class GraphBuilder:
             "node_activation": act,
             "node_head": head,
             "node_group": node_group,
+            "node_unit": node_unit,
             "node_channels": node_channels,
             "edge_channels": edge_channels,
             "kernel_grid": kernel_grid,

@@ -9,12 +9,13 @@ values between parameters and features is then one gather or scatter on flat ten
 Feature layout:
 
 * ``x: [N, Cn]`` — node features. Channel 0 holds biases (and the shift ``beta`` of normalization
-  layers); attention layers use channels 0-2 for the query/key/value biases. Input neurons are 0.
-* ``edge_attr: [E, Ce * K]`` — edge features, ``Ce`` channels (3 for attention Q/K/V, else 1) of
+  layers); a second per-neuron parameter (e.g. a class token) takes channel 1. Input neurons are 0.
+* ``edge_attr: [E, Ce * K]`` — edge features, ``Ce`` channels (1 for every layer template) of
   ``K`` slots each. A convolution kernel fills the slots of its channel, zero-padded *centred* in
   the largest kernel grid of the graph (``kernel_grid``); a linear weight sits at the centre slot;
   a linear layer after a flatten keeps the flattened spatial positions ``0..S-1`` of each input
-  channel in slots ``0..S-1``; residual edges carry a constant identity kernel (1 at the centre).
+  channel in slots ``0..S-1`` (likewise a value head that several query heads share);
+  residual, gate and attention edges carry a constant identity kernel (1 at the centre).
 
 Layering: this module holds the data structure only and imports neither the tracer
 (:mod:`encoders.tracing`) nor shape chaining (:mod:`encoders.chaining`). Those describe a network
@@ -83,7 +84,9 @@ class NeuralGraph:
       ``node_block [N]`` (which layer block), ``node_index [N]`` (position within its block, used for
       input/output positional embeddings), ``node_activation [N]`` (index into ``ACTIVATIONS``),
       ``node_head [N]`` (attention head, else 0), ``node_group [N]`` (permutation group of hidden
-      neurons; -1 for neurons that no symmetry moves).
+      neurons; -1 for neurons that no symmetry moves), ``node_unit [N]`` (the unit a symmetry
+      reorders: a layer, or one head of an attention projection; the units of one group are
+      reordered alike, position by position).
     * Index map: parameter elements at flat positions ``edge_elem_pos`` live at flat positions
       ``edge_elem_slot`` of ``edge_attr``; likewise ``node_elem_pos``/``node_elem_slot`` for ``x``.
 
@@ -104,6 +107,7 @@ class NeuralGraph:
     node_activation: Tensor
     node_head: Tensor
     node_group: Tensor
+    node_unit: Tensor
     node_channels: int
     edge_channels: int
     kernel_grid: tuple[int, ...]
@@ -119,15 +123,20 @@ class NeuralGraph:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_module(cls, model: nn.Module, **layout: Any) -> NeuralGraph:
-        """Exact graph of ``model``, traced with ``torch.fx`` (see :mod:`encoders.tracing`).
+    def from_module(cls, model: nn.Module, example_inputs: tuple | dict | None = None, **layout: Any) -> NeuralGraph:
+        """Exact graph of ``model``, traced.
+
+        ``torch.fx`` traces it where it can (see :mod:`encoders.tracing`), needing no inputs; where
+        it cannot, ``torch.export`` runs it on ``example_inputs`` (a tuple of positional arguments
+        or a dict of keyword arguments; see :mod:`encoders.exporting`). Hugging Face models are
+        exported, with inputs built from their config when none are given.
 
         ``layout`` sets minimum feature layouts shared across graphs: ``kernel_grid`` (e.g.
         ``(7, 7)``), ``node_channels``, ``edge_channels``, ``slots``. Raises ``ValueError`` naming
-        the module for a layer it cannot represent. Delegates to
+        the module and operation for a layer it cannot represent. Delegates to
         :func:`encoders.build.graph_from_module`.
         """
-        return _construct("module", cls, model, layout)
+        return _construct("module", cls, (model, example_inputs), layout)
 
     @classmethod
     def from_parameters(cls, params: ParamsLike, **layout: Any) -> NeuralGraph:

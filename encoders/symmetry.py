@@ -30,16 +30,20 @@ __all__ = [
 
 
 def random_hidden_permutation(graph: NeuralGraph, generator: torch.Generator | None = None) -> Tensor:
-    """A random symmetry ``sigma: [N]`` of ``graph`` that moves hidden neurons only."""
+    """A random symmetry ``sigma: [N]`` of ``graph`` that moves hidden neurons only.
+
+    Each permutation group draws one reordering and applies it to every unit in the group (a
+    layer, the layers tied to it, or the attention heads tied together).
+    """
     sigma = torch.arange(graph.num_nodes)
     groups = graph.node_group.unique()
     for group in groups[groups >= 0].tolist():
         members = (graph.node_group == group).nonzero().squeeze(1)
-        blocks = graph.node_block[members]
-        size = int((blocks == blocks[0]).sum())
+        units = graph.node_unit[members]
+        size = int((units == units[0]).sum())
         order = torch.randperm(size, generator=generator)
-        for block in blocks.unique().tolist():
-            nodes = members[blocks == block]
+        for unit in units.unique().tolist():
+            nodes = members[units == unit]
             sigma[nodes] = nodes[order]
     return sigma
 

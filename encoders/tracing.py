@@ -39,7 +39,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encoders.builder import EdgeKind, GraphBuilder, Role, named_tensors
+from encoders.builder import GraphBuilder
+from encoders.templates import Layers
 
 __all__ = ["trace_module"]
 
@@ -60,6 +61,9 @@ _PASSTHROUGH_MODULES = (
     nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
 )
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+# layers whose template applies when the module given is the layer itself
+_TEMPLATE_ROOTS = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.TransformerEncoderLayer,
+                   nn.TransformerEncoder)
 _LEAVES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.MultiheadAttention, nn.TransformerEncoderLayer,
            nn.TransformerEncoder, nn.Flatten, *_NORMS, *_PASSTHROUGH_MODULES, *_ACTIVATION_MODULES)
 _ELEMENTWISE = {operator.mul, operator.truediv, operator.neg, torch.mul, torch.div, "mul", "div", "neg",
@@ -89,61 +93,45 @@ class _Tracer(fx.Tracer):
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
 
+def _sub(name: str, attr: str) -> str:
+    return f"{name}.{attr}" if name else attr
+
+
 class _Walker:
-    """Walks an fx graph and describes every layer call to a :class:`GraphBuilder`."""
+    """Walks an fx graph and describes every layer call through the :class:`Layers` templates."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.b = GraphBuilder()
+        self.layers = Layers(model)
+        self.b = self.layers.b
         self.modules = dict(model.named_modules())
-        self.param_names = {id(p): n for n, p in model.named_parameters()}
-        self.placed: set[str] = set()
         self.called: set[str] = set()
-        self.tensors: list[tuple[str, Tensor]] = []
 
     # ------------------------------------------------------------------ helpers
     def inputs(self, value: _Neurons, width: int, where: str) -> Tensor:
         """Node ids of ``value``, creating input neurons of ``width`` if it is a fresh input."""
         if value.ids is None:
-            value.ids = self.b.add_block(width, Role.INPUT, depth=0)
+            value.ids = self.layers.inputs(width)
         if len(value.ids) != width:
             raise ValueError(f"{where} expects {width} input features but receives {len(value.ids)} neurons")
         return value.ids
 
-    def place(self, name: str, **kw) -> None:
-        tensor = self.model.get_parameter(name)
-        self.b.place(name, tensor, **kw)
-        self.placed.add(name)
-
-    def new_layer(self, src: Tensor, width: int, role: Role = Role.HIDDEN, heads: int = 1) -> Tensor:
-        return self.b.add_block(width, role, depth=self.b.depth_of(src) + 1, heads=heads)
-
-    def bias(self, prefix: str, module: nn.Module, nodes: Tensor, attr: str = "bias") -> None:
-        if getattr(module, attr, None) is not None:
-            self.place(f"{prefix}{attr}", on_edge=False, entity=nodes)
+    @staticmethod
+    def _optional(module: nn.Module, name: str, attr: str) -> str | None:
+        return _sub(name, attr) if getattr(module, attr, None) is not None else None
 
     # ------------------------------------------------------------------ layers
     def linear(self, name: str, m: nn.Linear, x: _Neurons) -> _Neurons:
-        prefix = f"{name}." if name else ""
+        where = f"{name} ({type(m).__name__})"
         if x.ids is not None and x.is_map and len(x.ids) != m.in_features:
             if m.in_features % len(x.ids):
-                raise ValueError(
-                    f"{name} ({type(m).__name__}) has {m.in_features} input features, not a multiple of the "
-                    f"{len(x.ids)} channels it follows"
-                )
-            spatial = m.in_features // len(x.ids)
-            dst = self.new_layer(x.ids, m.out_features)
-            eid = self.b.dense_edges(x.ids, dst)
-            position = torch.arange(spatial).repeat(len(x.ids)).expand(m.weight.shape)
-            self.place(f"{prefix}weight", on_edge=True, entity=eid.repeat_interleave(spatial, dim=1),
-                       layout=("spatial", (spatial,)), position=position)
+                raise ValueError(f"{where} has {m.in_features} input features, not a multiple of the "
+                                 f"{len(x.ids)} channels it follows")
+            src = x.ids.repeat_interleave(m.in_features // len(x.ids))  # flattened: channel-major
         else:
-            src = self.inputs(x, m.in_features, f"{name} ({type(m).__name__})")
-            dst = self.new_layer(src, m.out_features)
-            eid = self.b.dense_edges(src, dst)
-            self.place(f"{prefix}weight", on_edge=True, entity=eid)
-        self.bias(prefix, m, dst)
-        return _Neurons(dst)
+            src = self.inputs(x, m.in_features, where)
+        return _Neurons(self.layers.dense(_sub(name, "weight"), src, m.out_features,
+                                          bias=self._optional(m, name, "bias")))
 
     def conv(self, name: str, m: nn.modules.conv._ConvNd, x: _Neurons) -> _Neurons:
         if m.groups != 1:
@@ -151,22 +139,12 @@ class _Walker:
         if m.transposed:
             raise ValueError(f"{name} ({type(m).__name__}): transposed convolutions are not supported")
         src = self.inputs(x, m.in_channels, f"{name} ({type(m).__name__})")
-        dst = self.new_layer(src, m.out_channels)
-        eid = self.b.dense_edges(src, dst)
-        kernel = tuple(m.kernel_size)
-        self.place(f"{name}.weight", on_edge=True, entity=eid.reshape(eid.shape + (1,) * len(kernel)),
-                   layout=("kernel", kernel))
-        self.bias(f"{name}.", m, dst)
-        return _Neurons(dst, is_map=True)
+        return _Neurons(self.layers.conv(_sub(name, "weight"), src, bias=self._optional(m, name, "bias")), is_map=True)
 
     def embedding(self, name: str, m: nn.Embedding, x: _Neurons) -> _Neurons:
         if x.ids is not None:
             raise ValueError(f"{name} (Embedding) must read the model's token input directly")
-        x.ids = self.b.add_block(m.num_embeddings, Role.INPUT, depth=0)
-        dst = self.new_layer(x.ids, m.embedding_dim)
-        eid = self.b.dense_edges(x.ids, dst)  # [dim, tokens]; weight is [tokens, dim]
-        self.place(f"{name}.weight", on_edge=True, entity=eid.t())
-        return _Neurons(dst)
+        return _Neurons(self.layers.embedding(_sub(name, "weight")))
 
     def norm(self, name: str, m: nn.Module, x: _Neurons) -> _Neurons:
         weight = getattr(m, "weight", None)
@@ -176,51 +154,39 @@ class _Walker:
             raise ValueError(f"{name} ({type(m).__name__}) normalizes over shape {tuple(weight.shape)}; "
                              "only a 1-D (feature/channel) normalized shape is supported")
         src = self.inputs(x, weight.numel(), f"{name} ({type(m).__name__})")
-        dst = self.b.add_block(len(src), Role.NORM, depth=self.b.depth_of(src) + 1)
-        eid = self.b.identity_edges(src, dst, EdgeKind.NORM)
-        self.place(f"{name}.weight", on_edge=True, entity=eid)
-        self.bias(f"{name}.", m, dst)
-        return x.like(ids=dst)
+        return x.like(ids=self.layers.norm(src, _sub(name, "weight"), self._optional(m, name, "bias")))
 
     def attention(self, name: str, m: nn.MultiheadAttention, x: _Neurons) -> _Neurons:
         if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
             raise ValueError(f"{name} (MultiheadAttention): only packed self-attention without bias_k/bias_v/"
                              "add_zero_attn is supported")
-        d = m.embed_dim
+        d, heads = m.embed_dim, m.num_heads
         src = self.inputs(x, d, f"{name} (MultiheadAttention)")
-        att = self.b.add_block(d, Role.ATTENTION, depth=self.b.depth_of(src) + 1, heads=m.num_heads)
-        eid = self.b.dense_edges(src, att, EdgeKind.ATTENTION)  # [d, d]
-        self.place(f"{name}.in_proj_weight", on_edge=True, entity=eid.repeat(3, 1),
-                   channel=torch.arange(3).repeat_interleave(d).unsqueeze(1))
-        if m.in_proj_bias is not None:
-            self.place(f"{name}.in_proj_bias", on_edge=False, entity=att.repeat(3),
-                       channel=torch.arange(3).repeat_interleave(d))
-        return self.linear(f"{name}.out_proj", m.out_proj, _Neurons(att))
+        qkv = self.layers.dense(_sub(name, "in_proj_weight"), src, 3 * d, bias=self._optional(m, name, "in_proj_bias"))
+        q, k, v = qkv.view(3, heads, d // heads)
+        out = _Neurons(self.layers.attention(q, k, v))
+        return self.linear(_sub(name, "out_proj"), m.out_proj, out)
 
     def residual(self, a: _Neurons, b: _Neurons) -> _Neurons:
-        """``a + b``: identity edges from the older block into the newer one, which carries the sum."""
         if a.ids is None or b.ids is None:
             raise ValueError("a residual addition with the raw model input is not supported")
-        if a.ids[0] == b.ids[0]:
-            return b
-        old, new = (a, b) if a.ids[0] < b.ids[0] else (b, a)
-        self.b.identity_edges(old.ids, new.ids, EdgeKind.RESIDUAL)
-        return new
+        ids = self.layers.residual(a.ids, b.ids)
+        return a if ids is a.ids else b
 
     def transformer_layer(self, name: str, m: nn.TransformerEncoderLayer, x: _Neurons) -> _Neurons:
         act = m.activation if not isinstance(m.activation, nn.Module) else type(m.activation)
         act_name = _ACTIVATION_MODULES.get(act) or _ACTIVATION_FUNCTIONS.get(act, "other")
 
         def feed_forward(h: _Neurons) -> _Neurons:
-            h = self.linear(f"{name}.linear1", m.linear1, h)
+            h = self.linear(_sub(name, "linear1"), m.linear1, h)
             self.b.set_activation(h.ids, act_name)
-            return self.linear(f"{name}.linear2", m.linear2, h)
+            return self.linear(_sub(name, "linear2"), m.linear2, h)
 
         def attn(h: _Neurons) -> _Neurons:
-            return self.attention(f"{name}.self_attn", m.self_attn, h)
+            return self.attention(_sub(name, "self_attn"), m.self_attn, h)
 
-        norm1 = lambda h: self.norm(f"{name}.norm1", m.norm1, h)  # noqa: E731
-        norm2 = lambda h: self.norm(f"{name}.norm2", m.norm2, h)  # noqa: E731
+        norm1 = lambda h: self.norm(_sub(name, "norm1"), m.norm1, h)  # noqa: E731
+        norm2 = lambda h: self.norm(_sub(name, "norm2"), m.norm2, h)  # noqa: E731
         if m.norm_first:
             x = self.residual(x, attn(norm1(x)))
             return self.residual(x, feed_forward(norm2(x)))
@@ -229,12 +195,11 @@ class _Walker:
 
     def transformer_encoder(self, name: str, m: nn.TransformerEncoder, x: _Neurons) -> _Neurons:
         for i, layer in enumerate(m.layers):
-            x = self.transformer_layer(f"{name}.layers.{i}", layer, x)
-        return x if m.norm is None else self.norm(f"{name}.norm", m.norm, x)
+            x = self.transformer_layer(_sub(name, f"layers.{i}"), layer, x)
+        return x if m.norm is None else self.norm(_sub(name, "norm"), m.norm, x)
 
     # ------------------------------------------------------------------ walk
-    def call_module(self, node: fx.Node, args: list) -> object:
-        name = node.target
+    def call_module(self, name: str, args: list) -> object:
         m = self.modules[name]
         x = args[0] if args else None
         if name in self.called and any(True for _ in m.parameters(recurse=False)):
@@ -291,34 +256,33 @@ class _Walker:
                          "supported by neural graphs")
 
     def run(self) -> tuple[GraphBuilder, list[tuple[str, Tensor]]]:
-        try:
-            graph = _Tracer().trace(self.model)
-        except Exception as err:  # fx raises many types; name the model in one clear error
-            raise ValueError(f"torch.fx cannot trace {type(self.model).__name__}: {err}") from err
-        env: dict[fx.Node, object] = {}
         outputs: list[_Neurons] = []
-        for node in graph.nodes:
-            args = fx.node.map_arg(node.args, lambda n: env[n])
-            args = list(args)
-            if node.op == "placeholder":
-                env[node] = _Neurons(None)
-            elif node.op == "get_attr":
-                env[node] = None
-            elif node.op == "call_module":
-                env[node] = self.call_module(node, args)
-            elif node.op in ("call_function", "call_method"):
-                env[node] = self.call_function(node, args)
-            elif node.op == "output":
-                fx.node.map_aggregate(args[0], lambda v: outputs.append(v) if isinstance(v, _Neurons) else None)
+        if isinstance(self.model, _TEMPLATE_ROOTS):  # a bare layer: its template, without tracing
+            outputs.append(self.call_module("", [_Neurons(None)]))
+        else:
+            try:
+                graph = _Tracer().trace(self.model)
+            except Exception as err:  # fx raises many types; name the model in one clear error
+                raise ValueError(f"torch.fx cannot trace {type(self.model).__name__}: {err}") from err
+            env: dict[fx.Node, object] = {}
+            for node in graph.nodes:
+                args = list(fx.node.map_arg(node.args, lambda n: env[n]))
+                if node.op == "placeholder":
+                    env[node] = _Neurons(None)
+                elif node.op == "get_attr":
+                    env[node] = None
+                elif node.op == "call_module":
+                    env[node] = self.call_module(node.target, args)
+                elif node.op in ("call_function", "call_method"):
+                    env[node] = self.call_function(node, args)
+                elif node.op == "output":
+                    fx.node.map_aggregate(args[0], lambda v: outputs.append(v) if isinstance(v, _Neurons) else None)
         for out in outputs:
-            if out.ids is not None:
+            if isinstance(out, tuple):
+                out = out[0]
+            if isinstance(out, _Neurons) and out.ids is not None:
                 self.b.mark_output(out.ids)
-        named = named_tensors(self.model.named_parameters())
-        for pname, tensor in named:
-            if pname not in self.placed:  # a parameter no layer template claims: its own component
-                ids = self.b.add_block(tensor.numel(), Role.OTHER, depth=0)
-                self.b.place(pname, tensor, on_edge=False, entity=ids.reshape(tensor.shape))
-        return self.b, named
+        return self.layers.finish()
 
 
 def trace_module(model: nn.Module) -> tuple[GraphBuilder, list[tuple[str, Tensor]]]:

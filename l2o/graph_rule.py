@@ -54,13 +54,24 @@ _EDGE_CHANNELS = 3
 _NUM_KINDS = _NODE_KINDS + 5 * _EDGE_CHANNELS  # 5 edge kinds x 3 channels
 
 
-def build_graph(params: Sequence[Tensor], model: nn.Module | None) -> tuple[NeuralGraph, list[int]]:
+# what a graph chained from shapes gets wrong (see encoders.chaining), said whenever one replaces a trace
+_CHAINED_GRAPH_CAVEAT = (
+    "consecutive tensors are read as a chain of dense layers, so residual connections, normalization layers, "
+    "attention heads, gates and tied weights are missing or wrong, and the rule acts on neuron permutations "
+    "that are not the network's symmetries"
+)
+
+
+def build_graph(
+    params: Sequence[Tensor], model: nn.Module | None, example_inputs: tuple | dict | None = None
+) -> tuple[NeuralGraph, list[int]]:
     """The neural graph for an optimizer's ``params`` and where each param sits in it.
 
-    With ``model``, its traced graph (exact). ``params`` are matched to the model's parameters by
-    identity, or else by order when their shapes are those of ``model.parameters()`` (functional
-    use with detached copies). If tracing fails or ``params`` do not match, a warning explains why
-    and the graph is chained from shapes.
+    With ``model``, its traced graph (exact; :meth:`NeuralGraph.from_module` with
+    ``example_inputs``). ``params`` are matched to the model's parameters by identity, or else by
+    order when their shapes are those of ``model.parameters()`` (functional use with detached
+    copies). If tracing fails or ``params`` do not match, a warning explains why (naming the module
+    and operation that failed) and the graph is chained from shapes.
     Returns ``(graph, position)``: ``params[i]`` is the graph's parameter ``position[i]``.
     """
     if model is not None:
@@ -75,10 +86,10 @@ def build_graph(params: Sequence[Tensor], model: nn.Module | None) -> tuple[Neur
                           f"{missing[0]}); the graph is chained from parameter shapes instead", stacklevel=3)
         else:
             try:
-                graph = NeuralGraph.from_module(model)
+                graph = NeuralGraph.from_module(model, example_inputs)
             except (ValueError, TypeError) as err:
-                warnings.warn(f"could not trace the model ({err}); the graph is chained from parameter shapes",
-                              stacklevel=3)
+                warnings.warn(f"could not trace the model ({err}). The graph is chained from parameter shapes "
+                              f"instead: {_CHAINED_GRAPH_CAVEAT}", stacklevel=3)
             else:
                 index = {n: k for k, n in enumerate(graph.param_names)}
                 return graph, [index[names[id(p)]] for p in params]
@@ -226,9 +237,11 @@ class NeuralGraphRule(UpdateRule):
         return dict(self._config)
 
     # ------------------------------------------------------------------ per architecture
-    def build_context(self, params: Sequence[Tensor], model: nn.Module | None = None) -> GraphContext:
+    def build_context(
+        self, params: Sequence[Tensor], model: nn.Module | None = None, example_inputs: tuple | dict | None = None
+    ) -> GraphContext:
         """Trace (or chain) the graph once and precompute every element's neurons and kind."""
-        graph, position = build_graph(params, model)
+        graph, position = build_graph(params, model, example_inputs)
         device = params[0].device
         source, target, kind = _element_maps(graph)
         offsets = [0]

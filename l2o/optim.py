@@ -110,6 +110,9 @@ class NeuralGraphOpt(Optimizer):
         model: the module the parameters belong to, passed to ``rule.build_context`` and used to
             name parameters in errors and state dicts. ``torch.compile`` and DDP / DataParallel
             wrappers are unwrapped (:attr:`model` is the inner module).
+        example_inputs: inputs to run ``model`` on when ``torch.fx`` cannot trace it and
+            ``torch.export`` must (a tuple of positional arguments or a dict of keyword arguments;
+            see :meth:`encoders.NeuralGraph.from_module`). Hugging Face models need none.
         maximize: ascend instead of descend (per group).
         compile: ``"auto"`` (default), ``True`` or ``False``: whether steps run the rule's fused,
             ``torch.compile``-d form (:meth:`~l2o.rule.UpdateRule.fused_step`; for the default rule
@@ -147,6 +150,7 @@ class NeuralGraphOpt(Optimizer):
         *,
         rule: UpdateRule | str | os.PathLike | None = None,
         model: nn.Module | None = None,
+        example_inputs: tuple | dict | None = None,
         maximize: bool = False,
         compile: bool | str = "auto",
     ) -> None:
@@ -159,6 +163,7 @@ class NeuralGraphOpt(Optimizer):
             )
         self.rule = load_rule(DEFAULT_RULE if rule is None else rule)
         self.model = _unwrap(model)
+        self.example_inputs = example_inputs
         self.skipped_steps = 0
         self._warned_nonfinite = False
         self.compile = compile
@@ -204,7 +209,9 @@ class NeuralGraphOpt(Optimizer):
                     raise ValueError(f"{key} must be >= 0, got {group[key]}")
         if params:
             self.rule.to(params[0].device)
-        context = self.rule.build_context(params, self.model)
+        # rules written before example_inputs existed take (params, model): pass it only when given
+        extra = {} if self.example_inputs is None else {"example_inputs": self.example_inputs}
+        context = self.rule.build_context(params, self.model, **extra)
         state = self.rule.init_state(params)
         if previous is not None:
             old, n_old = previous

@@ -38,8 +38,11 @@ class UpdateRule(nn.Module):
     care about the step's memory override it (the default calls :meth:`forward`).
     """
 
-    def build_context(self, params: Sequence[Tensor], model: nn.Module | None = None) -> Any:
-        """Precompute per-architecture data for ``params`` (list of tensors, optimizer order)."""
+    def build_context(
+        self, params: Sequence[Tensor], model: nn.Module | None = None, example_inputs: tuple | dict | None = None
+    ) -> Any:
+        """Precompute per-architecture data for ``params`` (list of tensors, optimizer order);
+        ``model`` (and ``example_inputs`` to trace it with, where it needs them) if known."""
         return None
 
     def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:

@@ -35,11 +35,11 @@ VARIANTS = {
 class EncoderWithHeads(nn.Module):
     """An encoder with an equivariant node/edge head and an invariant graph readout."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, max_outputs: int = 8) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = NodeEdgeHead(HIDDEN, NODE_FEATURES, EDGE_FEATURES)
-        self.readout = GraphReadout(HIDDEN, out_features=3, max_outputs=8)
+        self.readout = GraphReadout(HIDDEN, out_features=3, max_outputs=max_outputs)
 
     def forward(self, data, **probe) -> tuple[Tensor, Tensor, Tensor]:
         x, e = self.encoder(data, **probe)

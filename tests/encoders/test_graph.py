@@ -85,22 +85,24 @@ def test_flatten_keeps_spatial_positions_per_channel():
     assert torch.equal(g.edge_attr[last, :4], linear[dst - (g.num_nodes - 5), src - 1])
 
 
-def test_attention_edges_have_three_channels_and_heads_are_distinguished():
+def test_attention_keeps_q_k_v_neurons_split_into_heads():
     model, _ = build("transformer")
     g = NeuralGraph.from_module(model)
     att = g.node_role == Role.ATTENTION  # two attention layers: the plain one, then the encoder's
-    assert att.sum() == 16 and g.node_head[att].tolist() == ([0] * 4 + [1] * 4) * 2
-    assert g.edge_channels == 3 and g.node_channels == 3
-    # heads are separate permutation groups
-    assert len(g.node_group[att].unique()) == 4
+    assert att.sum() == 2 * 24 and g.node_head[att].tolist() == ([0] * 4 + [1] * 4) * 6
+    assert g.edge_channels == 1 and g.node_channels == 1
+    # per layer: Q/K head 0, Q/K head 1, V head 0, V head 1 are the permutation groups
+    assert len(g.node_group[att].unique()) == 8 and (g.node_group[att] >= 0).all()
     mha = model[1].self_attn
-    first_att = int(att.nonzero()[0])
-    edges = ((g.edge_kind == EdgeKind.ATTENTION) & (g.edge_index[1] < first_att + 8)).nonzero().squeeze(1)
-    src, dst = g.edge_index[:, edges]
-    qkv = g.edge_attr[edges].view(-1, 3)
-    w = mha.in_proj_weight.view(3, 8, 8)
-    first_in = int(g.edge_index[0, edges].min())
-    assert torch.equal(qkv, w[:, dst - first_att, src - first_in].t())
+    first = int(att.nonzero()[0])
+    into = (g.edge_index[1] >= first) & (g.edge_index[1] < first + 24) & (g.edge_kind == EdgeKind.WEIGHT)
+    src, dst = g.edge_index[:, into]
+    first_in = int(src.min())
+    assert torch.equal(g.edge_attr[into, 0], mha.in_proj_weight[dst - first, src - first_in])
+    # each key neuron is joined to the query neuron it multiplies, and they are permuted together
+    keys = (g.edge_kind == EdgeKind.ATTENTION) & (g.edge_index[1] < first + 24)
+    src, dst = g.edge_index[:, keys]
+    assert torch.equal(src - first, dst - first + 8) and torch.equal(g.node_group[src], g.node_group[dst])
 
 
 def test_standalone_parameter_gets_its_own_component():
