@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from encoders.graph import NeuralGraph
+from encoders.builder import Neighbourhood
 
 __all__ = ["AGGREGATES", "NeighbourAggregation"]
 
@@ -28,26 +28,26 @@ class NeighbourAggregation(nn.Module):
     """Mean, min, max and std of neighbour states, for in-neighbours (messages along edges) and
     out-neighbours (messages against them), plus ``log(1 + degree)``.
 
-    Built once per graph; index tensors are buffers (they follow ``.to(device)``). Nodes without
+    Built once per graph from its :class:`~encoders.builder.Neighbourhood`
+    (``NeuralGraph.neighbourhood()``, or ``GraphBuilder.neighbourhood()`` without building the
+    graph); index tensors are buffers (they follow ``.to(device)``). Nodes without
     neighbours in a direction get zeros for that direction.
     """
 
-    def __init__(self, graph: NeuralGraph) -> None:
+    def __init__(self, neighbourhood: Neighbourhood) -> None:
         super().__init__()
-        self.num_nodes = graph.num_nodes
-        self.num_bicliques = int(graph.biclique_src[1].max()) + 1 if graph.biclique_src.numel() else 0
-        sparse = graph.edge_index[:, ~graph.edge_in_biclique]
-        self.register_buffer("biclique_src", graph.biclique_src.clone())
-        self.register_buffer("biclique_dst", graph.biclique_dst.clone())
-        self.register_buffer("sparse", sparse.clone())
+        n = neighbourhood
+        self.num_nodes = n.num_nodes
+        self.num_bicliques = int(n.biclique_src[1].max()) + 1 if n.biclique_src.numel() else 0
+        self.register_buffer("biclique_src", n.biclique_src.clone())
+        self.register_buffer("biclique_dst", n.biclique_dst.clone())
+        self.register_buffer("sparse", n.sparse_edges.clone())
         self.gathers = {}  # per direction: whether each node receives at most one contribution
-        for name, targets in (("in", torch.cat([graph.biclique_dst[0], sparse[1]])),
-                              ("out", torch.cat([graph.biclique_src[0], sparse[0]]))):
+        for name, targets in (("in", torch.cat([n.biclique_dst[0], n.sparse_edges[1]])),
+                              ("out", torch.cat([n.biclique_src[0], n.sparse_edges[0]]))):
             self.register_buffer(f"{name}_targets", targets)
             self.gathers[name] = bool((torch.bincount(targets, minlength=self.num_nodes) <= 1).all())
-        deg_in = scatter(torch.ones(graph.num_edges), graph.edge_index[1], 0, dim_size=graph.num_nodes)
-        deg_out = scatter(torch.ones(graph.num_edges), graph.edge_index[0], 0, dim_size=graph.num_nodes)
-        self.register_buffer("log_degree", torch.stack([deg_in, deg_out], 1).log1p())
+        self.register_buffer("log_degree", n.degrees.log1p())
 
     def _direction(self, x: Tensor, members_from: Tensor, members_to: Tensor, src: Tensor, dst: Tensor,
                    direction: str) -> Tensor:

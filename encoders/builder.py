@@ -18,7 +18,7 @@ from math import prod
 import torch
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "EdgeKind", "GraphBuilder", "ParamsLike", "Role", "named_tensors"]
+__all__ = ["ACTIVATIONS", "EdgeKind", "GraphBuilder", "Neighbourhood", "ParamsLike", "Role", "named_tensors"]
 
 # what the constructors accept as a parameter list
 ParamsLike = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]
@@ -83,6 +83,88 @@ class _Placement:
     layout: tuple[str, tuple[int, ...]]  # ("kernel", kernel shape) or ("spatial", (S,)) or ("none", ())
 
 
+@dataclass
+class Neighbourhood:
+    """The graph's connectivity in ``O(N)`` memory: dense layers as bicliques, the rest as edges.
+
+    ``biclique_src: [2, S]`` and ``biclique_dst: [2, D]`` list (node, biclique) memberships;
+    ``sparse_edges: [2, k]`` the one-to-one edges; ``degrees: [N, 2]`` in- and out-degrees over
+    all edges.
+    """
+
+    num_nodes: int
+    biclique_src: Tensor
+    biclique_dst: Tensor
+    sparse_edges: Tensor
+    degrees: Tensor
+
+
+@dataclass
+class _EdgeGroup:
+    """Edges added together: a biclique (every source to every target, ids in weight-matrix order
+    ``[target, source]``) or one-to-one pairs. Bicliques are never stored edge by edge."""
+
+    start: int  # id of the first edge
+    kind: int
+    src: Tensor  # [S] sources (biclique) or [k] pair sources
+    dst: Tensor  # [D] targets (biclique) or [k] pair targets
+    biclique: bool
+    ids: Tensor | None = None  # a biclique's id grid [D, S], which placements view
+
+    @property
+    def size(self) -> int:
+        return len(self.src) * len(self.dst) if self.biclique else len(self.src)
+
+    def endpoints(self, local: Tensor) -> tuple[Tensor, Tensor]:
+        """Source and target nodes of the edges ``start + local``."""
+        if self.biclique:
+            return self.src[local % len(self.src)], self.dst[local // len(self.src)]
+        return self.src[local], self.dst[local]
+
+    def write(self, edge_index: Tensor) -> None:
+        """Fill ``edge_index[:, start:start + size]``."""
+        block = edge_index[:, self.start:self.start + self.size]
+        if self.biclique:
+            shape = (len(self.dst), len(self.src))
+            block[0].view(shape).copy_(self.src.expand(shape))
+            block[1].view(shape).copy_(self.dst.unsqueeze(1).expand(shape))
+        else:
+            block[0].copy_(self.src)
+            block[1].copy_(self.dst)
+
+
+def _compact(values: Tensor, rows: int, cols: int) -> Tensor:
+    """``values`` (broadcast to a parameter's shape) as ``[1, 1]`` if it is one expanded number,
+    else as ``[rows, cols]``."""
+    if all(s == 0 for s in values.stride()):
+        return values.reshape(-1)[:1].view(1, 1)
+    return values.reshape(rows, cols)
+
+
+def _strided_ends(group: _EdgeGroup, entity: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor] | None:
+    """Source and target neurons of ``entity``, a strided view of ``group``'s id grid ``[D, S]``,
+    seen as ``[rows, cols]`` (dim 0 the rows, the other dims the columns), when each depends on the
+    row or on the column only (a weight, its transpose, a kernel's expansion); else ``None``.
+
+    The element at index ``x`` holds grid entry ``o + sum_k x_k * stride_k``: ``o`` plus a row
+    part ``a`` and a column part ``b``, whose quotient by ``S`` is the target and remainder the
+    source.
+    """
+    width = len(group.src)
+    offset = entity.storage_offset() - group.ids.storage_offset()
+    a = torch.arange(entity.shape[0]) * entity.stride(0)
+    b = torch.zeros((), dtype=torch.long)
+    for size, stride in zip(entity.shape[1:], entity.stride()[1:]):
+        b = (b.unsqueeze(-1) + torch.arange(size) * stride)
+    b = b.reshape(-1)
+    base, rem = divmod(offset, width)
+    if bool((a % width == 0).all()) and rem + int(b.max()) < width:  # target by row, source by column
+        return group.src[rem + b].view(1, cols), group.dst[base + a // width].view(rows, 1)
+    if bool((b % width == 0).all()) and rem + int(a.max()) < width:  # source by row, target by column
+        return group.src[rem + a].view(rows, 1), group.dst[base + b // width].view(1, cols)
+    return None
+
+
 class GraphBuilder:
     """Accumulates blocks of nodes, edges and parameter placements.
 
@@ -99,10 +181,9 @@ class GraphBuilder:
         self.num_nodes = 0
         self._blocks: list[dict] = []
         self._block_starts: list[int] = []
-        self._edges: list[tuple[Tensor, Tensor, int]] = []
+        self._edges: list[_EdgeGroup] = []
         self._num_edges = 0
-        self._bicliques: list[tuple[Tensor, Tensor, Tensor]] = []  # (sources, targets, edge ids)
-        self._edge_constants: list[tuple[Tensor, int]] = []  # (edge ids, channel) with an identity kernel
+        self._grids: dict[int, _EdgeGroup] = {}  # storage of each biclique's id grid -> its group
         self._placements: list[_Placement] = []
         self._unit_parent: list[int] = []  # union-find over units
         self._unit_fixed: list[bool] = []
@@ -231,20 +312,20 @@ class GraphBuilder:
     def add_edges(self, src: Tensor, dst: Tensor, kind: EdgeKind) -> Tensor:
         """Add edges ``src[k] -> dst[k]``; returns their ids (same shape as ``src``)."""
         ids = torch.arange(self._num_edges, self._num_edges + src.numel()).reshape(src.shape)
-        self._edges.append((src.reshape(-1), dst.reshape(-1), int(kind)))
+        self._edges.append(_EdgeGroup(self._num_edges, int(kind), src.reshape(-1), dst.reshape(-1), biclique=False))
         self._num_edges += src.numel()
         return ids
 
     def dense_edges(self, src: Tensor, dst: Tensor, kind: EdgeKind = EdgeKind.WEIGHT) -> Tensor:
         """All edges ``src[i] -> dst[j]``; returns ids ``[len(dst), len(src)]`` (weight-matrix order).
 
-        The pair is also recorded as a *biclique*, so that neuron-level layers can aggregate over
-        it in ``O(len(src) + len(dst))`` instead of ``O(len(src) * len(dst))``.
+        The pair is recorded as a *biclique*: stored as its two node lists, and aggregated over by
+        neuron-level layers in ``O(len(src) + len(dst))`` instead of ``O(len(src) * len(dst))``.
         """
-        s = src.unsqueeze(0).expand(len(dst), len(src))
-        d = dst.unsqueeze(1).expand(len(dst), len(src))
-        ids = self.add_edges(s, d, kind)
-        self._bicliques.append((src, dst, ids))
+        ids = torch.arange(self._num_edges, self._num_edges + len(src) * len(dst)).view(len(dst), len(src))
+        self._edges.append(_EdgeGroup(self._num_edges, int(kind), src, dst, biclique=True, ids=ids))
+        self._grids[ids.untyped_storage().data_ptr()] = self._edges[-1]
+        self._num_edges += ids.numel()
         return ids
 
     def identity_edges(self, src: Tensor, dst: Tensor, kind: EdgeKind) -> Tensor:
@@ -254,8 +335,6 @@ class GraphBuilder:
             raise ValueError(f"one-to-one edges need equal sizes, got {len(src)} and {len(dst)}")
         ids = self.add_edges(src, dst, kind)
         self.tie(src, dst)
-        if kind != EdgeKind.NORM:  # NORM edges carry gamma; the others carry no parameter
-            self._edge_constants.append((ids, 0))
         return ids
 
     # ----------------------------------------------------------------- parameters
@@ -289,6 +368,90 @@ class GraphBuilder:
         )
 
     # ----------------------------------------------------------------- finish
+    def _placements_of(self, params: list[tuple[str, Tensor]]) -> dict[str, _Placement]:
+        by_name = {p.name: p for p in self._placements}
+        if len(by_name) != len(self._placements):
+            raise ValueError("a parameter was placed twice")
+        missing = [n for n, _ in params if n not in by_name]
+        if missing:
+            raise RuntimeError(f"internal error: parameters without a place: {missing}")
+        return by_name
+
+    def node_fields(self) -> dict[str, Tensor | int]:
+        """Per-node metadata (``O(N)``): the ``node_*`` fields of a ``NeuralGraph``."""
+        blocks = self._blocks
+        node_block = torch.cat([torch.full((len(b["ids"]),), i) for i, b in enumerate(blocks)])
+        role = torch.tensor([b["role"] for b in blocks], dtype=torch.long)[node_block]
+        role[torch.cat([b["attention"] for b in blocks])] = Role.ATTENTION
+        # permutation groups: the root unit of each node's unit, -1 where that root is fixed
+        root = torch.tensor([self._find(u) for u in range(len(self._unit_parent))], dtype=torch.long)
+        fixed = torch.tensor(self._unit_fixed, dtype=torch.bool)
+        unit = torch.cat([b["unit"] for b in blocks])
+        return {
+            "num_nodes": self.num_nodes,
+            "node_role": role,
+            "node_depth": torch.tensor([b["depth"] for b in blocks], dtype=torch.long)[node_block],
+            "node_block": node_block,
+            "node_index": torch.cat([torch.arange(len(b["ids"])) for b in blocks]),
+            "node_activation": torch.tensor([b["activation"] for b in blocks], dtype=torch.long)[node_block],
+            "node_head": torch.cat([b["head"] for b in blocks]),
+            "node_group": torch.where(fixed[root[unit]], -1, root[unit]),
+            "node_unit": unit.unique(return_inverse=True)[1],  # numbered densely, in node order
+        }
+
+    def neighbourhood(self) -> Neighbourhood:
+        """Who is joined to whom, without per-edge arrays for dense layers (``O(N)`` plus the
+        one-to-one edges): what neuron-level aggregation needs."""
+        cliques = [g for g in self._edges if g.biclique]
+        pairs = [g for g in self._edges if not g.biclique]
+        members = [(torch.stack([g.src, torch.full_like(g.src, i)]), torch.stack([g.dst, torch.full_like(g.dst, i)]))
+                   for i, g in enumerate(cliques)]
+        empty = torch.zeros(2, 0, dtype=torch.long)
+        sparse = torch.cat([torch.stack([g.src, g.dst]) for g in pairs], 1) if pairs else empty
+        degrees = torch.zeros(self.num_nodes, 2)
+        for g in cliques:
+            degrees[g.dst, 0] += len(g.src)
+            degrees[g.src, 1] += len(g.dst)
+        degrees[:, 0].index_add_(0, sparse[1], torch.ones(sparse.shape[1]))
+        degrees[:, 1].index_add_(0, sparse[0], torch.ones(sparse.shape[1]))
+        return Neighbourhood(
+            num_nodes=self.num_nodes,
+            biclique_src=torch.cat([m[0] for m in members], 1) if members else empty,
+            biclique_dst=torch.cat([m[1] for m in members], 1) if members else empty,
+            sparse_edges=sparse,
+            degrees=degrees,
+        )
+
+    def element_neurons(self, name: str, rows: int, cols: int) -> tuple[bool, Tensor, Tensor, Tensor, Tensor]:
+        """Where the elements of parameter ``name``, seen as a ``[rows, cols]`` matrix, live, without
+        building the graph: ``(on_edge, source, target, edge_kind, channel)``.
+
+        Each is a tensor that broadcasts to ``[rows, cols]``: ``[rows, 1]`` where it depends on the
+        row only, ``[1, cols]`` on the column only, ``[1, 1]`` if constant. A dense layer's weight
+        (a view of its biclique's id grid) is read from the view's strides in ``O(rows + cols)``;
+        other placements element by element. Source and target are the element's node for node
+        parameters, whose edge kind is -1.
+        """
+        p = next(q for q in self._placements if q.name == name)
+        channel = _compact(p.channel, rows, cols)
+        if not p.on_edge:
+            nodes = p.entity.reshape(rows, cols)
+            return False, nodes, nodes, torch.full((1, 1), -1), channel
+        group = self._grids.get(p.entity.untyped_storage().data_ptr())
+        ends = None if group is None or p.entity.dim() < 2 else _strided_ends(group, p.entity, rows, cols)
+        if ends is not None:
+            return True, *ends, torch.full((1, 1), group.kind), channel
+        edges = p.entity.reshape(-1)
+        source, target, kind = torch.empty_like(edges), torch.empty_like(edges), torch.empty_like(edges)
+        starts = torch.tensor([g.start for g in self._edges])
+        group_of = torch.searchsorted(starts, edges, right=True) - 1
+        for k in group_of.unique().tolist():
+            mask = group_of == k
+            g = self._edges[k]
+            source[mask], target[mask] = g.endpoints(edges[mask] - g.start)
+            kind[mask] = g.kind
+        return True, source.view(rows, cols), target.view(rows, cols), kind.view(rows, cols), channel
+
     def finish(
         self,
         params: list[tuple[str, Tensor]],
@@ -301,91 +464,68 @@ class GraphBuilder:
         """Resolve placements into flat index maps; returns the fields of a ``NeuralGraph``.
 
         The keyword arguments are minimum feature layouts, so that graphs of different
-        architectures share one layout (e.g. a zoo padded to its largest kernel).
+        architectures share one layout (e.g. a zoo padded to its largest kernel). Per-edge and
+        per-element arrays are allocated once and filled in place: for a large model they are
+        most of the memory and time.
         """
-        by_name = {p.name: p for p in self._placements}
-        if len(by_name) != len(self._placements):
-            raise ValueError("a parameter was placed twice")
-        missing = [n for n, _ in params if n not in by_name]
-        if missing:
-            raise RuntimeError(f"internal error: parameters without a place: {missing}")
+        by_name = self._placements_of(params)
         kernel_grid = self._kernel_grid(kernel_grid)
         spatial = max((p.layout[1][0] for p in self._placements if p.layout[0] == "spatial"), default=1)
         slots = max(prod(kernel_grid), spatial, slots)
         edge_channels = max([edge_channels, *(int(p.channel.max()) + 1 for p in self._placements if p.on_edge)])
         node_channels = max([node_channels, *(int(p.channel.max()) + 1 for p in self._placements if not p.on_edge)])
 
-        edge_pos, edge_slot, node_pos, node_slot = [], [], [], []
-        offset = 0
+        num_edges = self._num_edges
+        edge_index = torch.empty(2, num_edges, dtype=torch.long)
+        kind = torch.empty(num_edges, dtype=torch.long)
+        in_biclique = torch.empty(num_edges, dtype=torch.bool)
+        for g in self._edges:
+            g.write(edge_index)
+            kind[g.start:g.start + g.size] = g.kind
+            in_biclique[g.start:g.start + g.size] = g.biclique
+        edge_base = torch.zeros(num_edges, edge_channels * slots)
+        centre = self._centre_column(kernel_grid)
+        for g in self._edges:
+            if not g.biclique and g.kind != EdgeKind.NORM:  # identity connections: a constant kernel
+                edge_base[g.start:g.start + g.size, centre] = 1.0
+
+        on_edge = sum(prod(p.shape) for p in self._placements if p.on_edge)
+        edge_pos, edge_slot = torch.empty(on_edge, dtype=torch.long), torch.empty(on_edge, dtype=torch.long)
+        node_pos, node_slot = [], []
+        offset = filled = 0
         for name, _ in params:
             p = by_name[name]
-            flat = torch.arange(offset, offset + prod(p.shape))
-            offset += prod(p.shape)
+            n = prod(p.shape)
             if p.on_edge:
-                column = p.channel.reshape(-1) * slots + self._column(p, kernel_grid)
-                edge_pos.append(flat)
-                edge_slot.append(p.entity.reshape(-1) * edge_channels * slots + column)
+                torch.arange(offset, offset + n, out=edge_pos[filled:filled + n])
+                slot = edge_slot[filled:filled + n]
+                torch.mul(p.entity.reshape(-1), edge_channels * slots, out=slot)
+                slot += self._column(p, kernel_grid, slots)
+                filled += n
             else:
-                node_pos.append(flat)
+                node_pos.append(torch.arange(offset, offset + n))
                 node_slot.append(p.entity.reshape(-1) * node_channels + p.channel.reshape(-1))
-        def cat(xs: list[Tensor], dim: int = 0) -> Tensor:
-            return torch.cat(xs, dim) if xs else torch.zeros((0,) if dim == 0 else (2, 0), dtype=torch.long)
-
-        src = cat([e[0] for e in self._edges])
-        dst = cat([e[1] for e in self._edges])
-        kind = cat([torch.full((len(e[0]),), e[2]) for e in self._edges])
-        edge_base = torch.zeros(self._num_edges, edge_channels * slots)
-        centre = self._centre_column(kernel_grid)
-        for ids, ch in self._edge_constants:
-            edge_base[ids, ch * slots + centre] = 1.0
-
-        in_biclique = torch.zeros(self._num_edges, dtype=torch.bool)
-        for _, _, ids in self._bicliques:
-            in_biclique[ids.reshape(-1)] = True
-        biclique_src = cat([torch.stack([s, torch.full_like(s, i)]) for i, (s, _, _) in enumerate(self._bicliques)], 1)
-        biclique_dst = cat([torch.stack([d, torch.full_like(d, i)]) for i, (_, d, _) in enumerate(self._bicliques)], 1)
-
-        blocks = self._blocks
-        node_block = cat([torch.full((len(b["ids"]),), i) for i, b in enumerate(blocks)])
-        role = torch.tensor([b["role"] for b in blocks], dtype=torch.long)[node_block]
-        role[cat([b["attention"] for b in blocks])] = Role.ATTENTION
-        depth = torch.tensor([b["depth"] for b in blocks], dtype=torch.long)[node_block]
-        act = torch.tensor([b["activation"] for b in blocks], dtype=torch.long)[node_block]
-        node_index = cat([torch.arange(len(b["ids"])) for b in blocks])
-        head = cat([b["head"] for b in blocks])
-        # permutation groups: the root unit of each node's unit, -1 where that root is fixed
-        root = torch.tensor([self._find(u) for u in range(len(self._unit_parent))], dtype=torch.long)
-        fixed = torch.tensor(self._unit_fixed, dtype=torch.bool)
-        node_unit = cat([b["unit"] for b in blocks])
-        node_group = torch.where(fixed[root[node_unit]], -1, root[node_unit])
-        # number units densely, in node order
-        _, node_unit = node_unit.unique(return_inverse=True)
+            offset += n
+        empty = torch.zeros(0, dtype=torch.long)
+        neighbourhood = self.neighbourhood()
         return {
-            "num_nodes": self.num_nodes,
-            "edge_index": torch.stack([src, dst]) if len(src) else torch.zeros(2, 0, dtype=torch.long),
+            **self.node_fields(),
+            "edge_index": edge_index,
             "edge_kind": kind,
             "edge_base": edge_base,
-            "biclique_src": biclique_src,
-            "biclique_dst": biclique_dst,
+            "biclique_src": neighbourhood.biclique_src,
+            "biclique_dst": neighbourhood.biclique_dst,
             "edge_in_biclique": in_biclique,
-            "node_role": role,
-            "node_depth": depth,
-            "node_block": node_block,
-            "node_index": node_index,
-            "node_activation": act,
-            "node_head": head,
-            "node_group": node_group,
-            "node_unit": node_unit,
             "node_channels": node_channels,
             "edge_channels": edge_channels,
             "kernel_grid": kernel_grid,
             "slots": slots,
             "param_names": [n for n, _ in params],
             "param_shapes": [tuple(t.shape) for _, t in params],
-            "edge_elem_pos": cat(edge_pos),
-            "edge_elem_slot": cat(edge_slot),
-            "node_elem_pos": cat(node_pos),
-            "node_elem_slot": cat(node_slot),
+            "edge_elem_pos": edge_pos,
+            "edge_elem_slot": edge_slot,
+            "node_elem_pos": torch.cat(node_pos) if node_pos else empty,
+            "node_elem_slot": torch.cat(node_slot) if node_slot else empty,
         }
 
     def _kernel_grid(self, minimum: tuple[int, ...]) -> tuple[int, ...]:
@@ -404,13 +544,15 @@ class GraphBuilder:
             col = col * size + (size - 1) // 2
         return col
 
-    def _column(self, p: _Placement, grid: tuple[int, ...]) -> Tensor:
-        """Feature column (within one channel) of every element of placement ``p``: ``[numel]``."""
+    def _column(self, p: _Placement, grid: tuple[int, ...], slots: int) -> Tensor | int:
+        """Feature column of every element of placement ``p`` among its edge's ``channels * slots``:
+        ``[numel]``, or one number where all elements share it (a linear weight on channel 0)."""
+        channel = p.channel.reshape(-1) * slots if int(p.channel.max()) > 0 else 0
+        if p.layout[0] == "none":
+            return channel + self._centre_column(grid)
         position = p.position.reshape(-1)
         if p.layout[0] == "spatial":
-            return position
-        if p.layout[0] == "none":
-            return torch.full_like(position, self._centre_column(grid))
+            return channel + position
         k = (1,) * (len(grid) - len(p.layout[1])) + tuple(p.layout[1])
         # unravel the position inside the kernel, shift to the centred place, ravel in the grid
         col = torch.zeros_like(position)
@@ -421,4 +563,4 @@ class GraphBuilder:
             rest = rest // size
         for size, g, c in zip(k, grid, reversed(coords)):
             col = col * g + c + (g - size) // 2
-        return col
+        return channel + col

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from encoders.builder import ACTIVATIONS, EdgeKind, GraphBuilder, ParamsLike, Role
+from encoders.builder import ACTIVATIONS, EdgeKind, GraphBuilder, Neighbourhood, ParamsLike, Role
 
 __all__ = ["NeuralGraph", "ParamsLike"]
 
@@ -178,6 +178,13 @@ class NeuralGraph:
         out = torch.full((self.num_params,), -1, dtype=torch.long)
         out[self.node_elem_pos] = self.node_elem_slot // self.node_channels
         return out
+
+    def neighbourhood(self) -> Neighbourhood:
+        """Connectivity for neuron-level aggregation: bicliques, one-to-one edges and degrees."""
+        degrees = torch.stack([torch.bincount(self.edge_index[1], minlength=self.num_nodes),
+                               torch.bincount(self.edge_index[0], minlength=self.num_nodes)], 1).float()
+        return Neighbourhood(self.num_nodes, self.biclique_src, self.biclique_dst,
+                             self.edge_index[:, ~self.edge_in_biclique], degrees)
 
     # ------------------------------------------------------------------ values <-> features
     def _check_params(self, params: list[Tensor]) -> None:

@@ -261,7 +261,7 @@ class FusedStep:
             raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
         dtype = rule.node_in.weight.dtype
         step = state["step"] + 1
-        pooled = rule.node_in.weight.new_zeros(context.graph.num_nodes, 3 * _N_FEAT)
+        pooled = rule.node_in.weight.new_zeros(context.num_nodes, 3 * _N_FEAT)
         rates: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
         found = []
         views = [_matrix_views(p, g, F.tensor_stats(state, i)) for i, (p, g) in enumerate(zip(params, grads))]

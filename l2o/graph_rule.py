@@ -40,16 +40,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from encoders import ACTIVATIONS, NeuralGraph, Role
+from encoders import ACTIVATIONS, Role
 from encoders.aggregation import NeighbourAggregation
+from encoders.build import trace
+from encoders.builder import GraphBuilder, named_tensors
+from encoders.chaining import chain_parameters
 from encoders.layers.neuron_pna import NeuronPNALayer
 from l2o import features as F
 from l2o.hub import register_rule
 from l2o.rule import UpdateRule
 
-__all__ = ["GraphContext", "NeuralGraphRule", "build_graph"]
+__all__ = ["GraphContext", "NeuralGraphRule", "describe_graph"]
 
-_NODE_KINDS = 3  # node-feature channels an element can sit on (bias / Q,K,V biases)
+_NODE_KINDS = 3  # node-feature channels an element can sit on (a bias; a second per-neuron parameter)
 _EDGE_CHANNELS = 3
 _NUM_KINDS = _NODE_KINDS + 5 * _EDGE_CHANNELS  # 5 edge kinds x 3 channels
 
@@ -62,17 +65,22 @@ _CHAINED_GRAPH_CAVEAT = (
 )
 
 
-def build_graph(
+def describe_graph(
     params: Sequence[Tensor], model: nn.Module | None, example_inputs: tuple | dict | None = None
-) -> tuple[NeuralGraph, list[int]]:
-    """The neural graph for an optimizer's ``params`` and where each param sits in it.
+) -> tuple[GraphBuilder, list[tuple[str, Tensor]], list[int]]:
+    """The neural graph for an optimizer's ``params``, described but not built, and where each
+    param sits in it.
 
-    With ``model``, its traced graph (exact; :meth:`NeuralGraph.from_module` with
+    With ``model``, its traced graph (exact; as :meth:`NeuralGraph.from_module` with
     ``example_inputs``). ``params`` are matched to the model's parameters by identity, or else by
     order when their shapes are those of ``model.parameters()`` (functional use with detached
     copies). If tracing fails or ``params`` do not match, a warning explains why (naming the module
     and operation that failed) and the graph is chained from shapes.
-    Returns ``(graph, position)``: ``params[i]`` is the graph's parameter ``position[i]``.
+
+    Returns ``(builder, named, position)``: ``params[i]`` is ``named[position[i]]``. The rule reads
+    the builder directly (:meth:`GraphBuilder.node_fields`, ``neighbourhood``,
+    ``element_neurons``): building the full ``NeuralGraph`` would store every edge, which for a
+    large model costs more memory than the model.
     """
     if model is not None:
         model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
@@ -86,14 +94,15 @@ def build_graph(
                           f"{missing[0]}); the graph is chained from parameter shapes instead", stacklevel=3)
         else:
             try:
-                graph = NeuralGraph.from_module(model, example_inputs)
+                builder, traced = trace(model, example_inputs)
             except (ValueError, TypeError) as err:
                 warnings.warn(f"could not trace the model ({err}). The graph is chained from parameter shapes "
                               f"instead: {_CHAINED_GRAPH_CAVEAT}", stacklevel=3)
             else:
-                index = {n: k for k, n in enumerate(graph.param_names)}
-                return graph, [index[names[id(p)]] for p in params]
-    return NeuralGraph.from_parameters(list(params)), list(range(len(params)))
+                index = {n: k for k, (n, _) in enumerate(traced)}
+                return builder, traced, [index[names[id(p)]] for p in params]
+    named = named_tensors(list(params))
+    return chain_parameters(named), named, list(range(len(params)))
 
 
 @dataclass
@@ -109,13 +118,24 @@ class NeuronMap:
     ids: Tensor
 
     @classmethod
-    def of(cls, neurons: Tensor) -> NeuronMap:
-        """Compress ``neurons [R, C]``."""
-        if (neurons == neurons[:, :1]).all():
-            return cls("row", neurons[:, 0].clone())
-        if (neurons == neurons[:1]).all():
-            return cls("col", neurons[0].clone())
+    def of(cls, neurons: Tensor, shape: tuple[int, int]) -> NeuronMap:
+        """Compress ``neurons``, which broadcast to ``shape`` ``[R, C]`` (``[R, 1]``: by row,
+        ``[1, C]``: by column, ``[1, 1]``: one neuron)."""
+        rows, cols = shape
+        if neurons.shape[1] == 1 or (neurons == neurons[:, :1]).all():
+            return cls("row", neurons[:, 0].expand(rows).clone())
+        if neurons.shape[0] == 1 or (neurons == neurons[:1]).all():
+            return cls("col", neurons[0].expand(cols).clone())
         return cls("full", neurons.clone())
+
+    def counts(self, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """``(neurons, elements)``: how many elements of the ``[R, C]`` matrix each neuron holds."""
+        rows, cols = shape
+        if self.along == "row":
+            return self.ids, torch.full((rows,), float(cols))
+        if self.along == "col":
+            return self.ids, torch.full((cols,), float(rows))
+        return self.ids.reshape(-1), torch.ones(rows * cols)
 
     def pool(self, into: Tensor, values: Tensor, rows: slice) -> None:
         """Add the sums per neuron of ``values [F, r, C]`` (matrix rows ``rows``) to ``into [N, F]``, in place."""
@@ -142,7 +162,7 @@ class GraphContext:
     Memory: ``O(R + C)`` per weight matrix or convolution, ``O(N)`` for the graph.
     """
 
-    graph: NeuralGraph
+    num_nodes: int
     aggregation: NeighbourAggregation
     source: list[NeuronMap]
     target: list[NeuronMap]
@@ -154,20 +174,11 @@ class GraphContext:
     node_depth: Tensor
 
 
-def _element_maps(graph: NeuralGraph) -> tuple[Tensor, Tensor, Tensor]:
-    """Flat ``[P]`` source node, target node and kind of every element of the graph's parameters."""
-    source = torch.empty(graph.num_params, dtype=torch.long)
-    target = torch.empty(graph.num_params, dtype=torch.long)
-    kind = torch.empty(graph.num_params, dtype=torch.long)
-    width = graph.edge_channels * graph.slots
-    edge, column = graph.edge_elem_slot // width, graph.edge_elem_slot % width
-    source[graph.edge_elem_pos], target[graph.edge_elem_pos] = graph.edge_index[0, edge], graph.edge_index[1, edge]
-    channel = (column // graph.slots).clamp(max=_EDGE_CHANNELS - 1)
-    kind[graph.edge_elem_pos] = _NODE_KINDS + graph.edge_kind[edge] * _EDGE_CHANNELS + channel
-    node = graph.node_elem_slot // graph.node_channels
-    source[graph.node_elem_pos] = target[graph.node_elem_pos] = node
-    kind[graph.node_elem_pos] = (graph.node_elem_slot % graph.node_channels).clamp(max=_NODE_KINDS - 1)
-    return source, target, kind
+def _element_kinds(on_edge: bool, edge_kind: Tensor, channel: Tensor) -> Tensor:
+    """Kind-embedding index of elements: their node channel, or their edge kind and channel."""
+    if on_edge:
+        return _NODE_KINDS + edge_kind * _EDGE_CHANNELS + channel.clamp(max=_EDGE_CHANNELS - 1)
+    return channel.clamp(max=_NODE_KINDS - 1)
 
 
 @register_rule("neural-graph")
@@ -241,34 +252,33 @@ class NeuralGraphRule(UpdateRule):
         self, params: Sequence[Tensor], model: nn.Module | None = None, example_inputs: tuple | dict | None = None
     ) -> GraphContext:
         """Trace (or chain) the graph once and precompute every element's neurons and kind."""
-        graph, position = build_graph(params, model, example_inputs)
+        builder, named, position = describe_graph(params, model, example_inputs)
         device = params[0].device
-        source, target, kind = _element_maps(graph)
-        offsets = [0]
-        for shape in graph.param_shapes:
-            offsets.append(offsets[-1] + int(torch.Size(shape).numel()))
-        spans = [slice(offsets[k], offsets[k + 1]) for k in position]
-        shapes = [F.matrix_shape(graph.param_shapes[k]) for k in position]
-        on_edge = [bool(kind[s][0] >= _NODE_KINDS) for s in spans]  # a tensor is all weights or all node values
-        counts = torch.zeros(graph.num_nodes, 3)
-        for span, edge in zip(spans, on_edge):
-            ones = torch.ones(span.stop - span.start)
-            if edge:
-                counts[:, 0].index_add_(0, target[span], ones)
-                counts[:, 1].index_add_(0, source[span], ones)
-            else:
-                counts[:, 2].index_add_(0, source[span], ones)
-        depth = graph.node_depth.clamp(max=self.max_depth)
+        nodes = builder.node_fields()
+        counts = torch.zeros(builder.num_nodes, 3)
+        maps: dict[str, list[NeuronMap]] = {"source": [], "target": [], "kind": []}
+        on_edge = []
+        for k in position:  # per tensor, in O(rows + cols) for dense layers
+            name, tensor = named[k]
+            shape = F.matrix_shape(tensor.shape)
+            edge, source, target, edge_kind, channel = builder.element_neurons(name, *shape)
+            on_edge.append(edge)
+            for key, neurons in (("source", source), ("target", target),
+                                 ("kind", _element_kinds(edge, edge_kind, channel))):
+                maps[key].append(NeuronMap.of(neurons, shape))
+            for column, key in ((0, "target"), (1, "source")) if edge else ((2, "source"),):
+                counts[:, column].index_add_(0, *maps[key][-1].counts(shape))
+        depth = nodes["node_depth"].clamp(max=self.max_depth)
         return GraphContext(
-            graph=graph,
-            aggregation=NeighbourAggregation(graph).to(device),
-            source=[NeuronMap.of(source[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
-            target=[NeuronMap.of(target[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
-            kind=[NeuronMap.of(kind[s].view(shape)).to(device) for s, shape in zip(spans, shapes)],
+            num_nodes=builder.num_nodes,
+            aggregation=NeighbourAggregation(builder.neighbourhood()).to(device),
+            source=[m.to(device) for m in maps["source"]],
+            target=[m.to(device) for m in maps["target"]],
+            kind=[m.to(device) for m in maps["kind"]],
             on_edge=on_edge,
             counts=counts.clamp(min=1).to(device),
-            node_role=graph.node_role.to(device),
-            node_activation=graph.node_activation.to(device),
+            node_role=nodes["node_role"].to(device),
+            node_activation=nodes["node_activation"].to(device),
             node_depth=depth.to(device),
         )
 
@@ -336,7 +346,7 @@ class NeuralGraphRule(UpdateRule):
         n_feat = len(F.COMPACT_FEATURE_NAMES)
 
         # neurons pool the features of their in-weights, out-weights and own parameters
-        pooled_in, pooled_out, pooled_own = (self.node_in.weight.new_zeros(context.graph.num_nodes, n_feat)
+        pooled_in, pooled_out, pooled_own = (self.node_in.weight.new_zeros(context.num_nodes, n_feat)
                                              for _ in range(3))
         scales = []  # per tensor, reused by the second pass
         for i, (p, g) in enumerate(zip(params, grads)):

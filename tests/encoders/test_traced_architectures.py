@@ -22,8 +22,10 @@ from encoders.symmetry import (
     random_hidden_permutation,
 )
 from l2o import NeuralGraphOpt
+from l2o import features as F
 from tests.encoders.architectures import ARCHITECTURES, Arch, build_arch
 from tests.encoders.conftest import LAYOUT, EncoderWithHeads, make_encoder
+from tests.l2o.graph_rule_reference import element_maps
 from tests.l2o.test_graph_rule import random_rule
 
 NAMES = sorted(ARCHITECTURES)
@@ -163,3 +165,28 @@ def test_fallback_warning_names_the_module_the_reason_and_what_chaining_gets_wro
     assert "chained from parameter shapes" in message and "residual connections" in message
     with pytest.warns(UserWarning, match="pass example_inputs="):
         NeuralGraphOpt(model.parameters(), model=model)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rule_context_from_the_builder_matches_the_built_graph(traced, name):
+    """The rule reads the graph builder directly (no per-edge arrays); its per-element neurons,
+    kinds and counts are those of the full NeuralGraph."""
+    arch, graph = traced(name)
+    params = list(arch.model.parameters())
+    context = random_rule().build_context(params, arch.model, arch.example_inputs)
+    source, target, kind = element_maps(graph)
+    counts = torch.zeros(graph.num_nodes, 3)
+    offset = 0
+    for i, p in enumerate(params):
+        span = slice(offset, offset + p.numel())
+        offset += p.numel()
+        shape = torch.Size(F.matrix_shape(p.shape))
+        for maps, expected in ((context.source, source), (context.target, target), (context.kind, kind)):
+            m = maps[i]
+            ids = {"row": m.ids[:, None], "col": m.ids[None], "full": m.ids}[m.along].expand(shape)
+            assert torch.equal(ids.reshape(-1), expected[span]), (graph.param_names[i], m.along)
+        columns = ((0, target), (1, source)) if context.on_edge[i] else ((2, source),)
+        for column, nodes in columns:
+            counts[:, column].index_add_(0, nodes[span], torch.ones(p.numel()))
+    assert torch.equal(context.counts, counts.clamp(min=1))
+    assert context.num_nodes == graph.num_nodes

@@ -13,14 +13,30 @@ from encoders import NeuralGraph
 from encoders.aggregation import NeighbourAggregation
 from l2o import NeuralGraphRule
 from l2o import features as F
-from l2o.graph_rule import _element_maps
+from l2o.graph_rule import _EDGE_CHANNELS, _NODE_KINDS
+
+
+def element_maps(graph: NeuralGraph) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat ``[P]`` source node, target node and kind of every element, read off the built graph."""
+    source = torch.empty(graph.num_params, dtype=torch.long)
+    target = torch.empty(graph.num_params, dtype=torch.long)
+    kind = torch.empty(graph.num_params, dtype=torch.long)
+    width = graph.edge_channels * graph.slots
+    edge, column = graph.edge_elem_slot // width, graph.edge_elem_slot % width
+    source[graph.edge_elem_pos], target[graph.edge_elem_pos] = graph.edge_index[0, edge], graph.edge_index[1, edge]
+    channel = (column // graph.slots).clamp(max=_EDGE_CHANNELS - 1)
+    kind[graph.edge_elem_pos] = _NODE_KINDS + graph.edge_kind[edge] * _EDGE_CHANNELS + channel
+    node = graph.node_elem_slot // graph.node_channels
+    source[graph.node_elem_pos] = target[graph.node_elem_pos] = node
+    kind[graph.node_elem_pos] = (graph.node_elem_slot % graph.node_channels).clamp(max=_NODE_KINDS - 1)
+    return source, target, kind
 
 
 def reference_updates(rule: NeuralGraphRule, model: nn.Module, grads: list[Tensor], state: dict) -> list[Tensor]:
     """The updates of one step of ``rule`` for ``model``'s parameters (in ``model.parameters()`` order)."""
     params = [p.detach() for p in model.parameters()]
     graph = NeuralGraph.from_module(model)
-    source, target, kind = _element_maps(graph)
+    source, target, kind = element_maps(graph)
     new = F.update_stats(params, grads, state, rule.decays)
     step, time = new["step"], F.time_features(new["step"], rule.node_in.weight)
     feats = torch.cat([
@@ -37,7 +53,7 @@ def reference_updates(rule: NeuralGraphRule, model: nn.Module, grads: list[Tenso
     x = x + rule.role(graph.node_role) + rule.activation(graph.node_activation)
     x = x + rule.depth(graph.node_depth.clamp(max=rule.max_depth))
     for layer in rule.gnn:
-        x = layer(x, NeighbourAggregation(graph))
+        x = layer(x, NeighbourAggregation(graph.neighbourhood()))
     hidden = (feats @ rule.head_in.weight.T + rule.to_source(x)[source] + rule.to_target(x)[target]
               + rule.kind.weight[kind] + rule.head_time(time))
     out = rule.head_out(nn.functional.silu(hidden))
