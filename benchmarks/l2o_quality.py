@@ -9,7 +9,8 @@ Tasks (none of them seen in meta-training, see l2o/meta/configs/shipped_neural_g
   tokens (meta-training saw only order-1 chains; an order-1 chain is learned to its entropy by every
   optimizer within about 200 steps, so it could not tell optimizers apart).
 
-Optimizers: NeuralGraphOpt with its default (shipped) rule, untuned (``lr=1``); the FF baseline
+Optimizers: NeuralGraphOpt with its default (shipped) rule, untuned (``lr=1``), on the model's
+traced graph (and, with ``--graph-ablation``, on the graph chained from parameter shapes); the FF baseline
 rule shipped with it (``--ff-rule``); Adam at lr 1e-3; and Adam with the learning rate tuned on a
 7-point log grid (1e-4 ... 1e-1, best final training loss on the first seed, then run on all seeds). For every task it
 reports final training and test losses, the speedup of NeuralGraphOpt over tuned Adam (steps tuned
@@ -35,6 +36,8 @@ import torch
 
 from benchmarks.common import write_results
 from l2o.optim import BASELINE_RULE
+
+CHAINED = "NeuralGraphOpt chained graph"
 
 TASKS = ("mlp-wide-deep", "cnn-mnist", "cnn-digits", "transformer")
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -62,10 +65,12 @@ def make_task(name: str, seed: int):
 
 
 def make_optimizer(spec: tuple[str, float], model: torch.nn.Module, ff_rule: str | None,
-                   rule: str | None = None) -> torch.optim.Optimizer:
+                   rule: str | None = None, example_inputs: tuple | None = None) -> torch.optim.Optimizer:
     """``spec = (kind, lr)``; ``rule``: NeuralGraphOpt's rule (``None``: the shipped default).
-    ``"NeuralGraphOpt"`` runs the default ``compile="auto"`` (the fused step where it compiles);
-    ``"NeuralGraphOpt reference"`` the reference step (``compile=False``)."""
+    ``"NeuralGraphOpt"`` runs the default ``compile="auto"`` (the fused step where it compiles) on
+    the model's traced graph; ``"NeuralGraphOpt reference"`` the reference step (``compile=False``);
+    ``"NeuralGraphOpt chained graph"`` the default step on the graph chained from parameter shapes
+    (no ``model``), which is what the optimizer falls back to when it cannot trace a model."""
     from l2o import NeuralGraphOpt
 
     kind, lr = spec
@@ -73,7 +78,10 @@ def make_optimizer(spec: tuple[str, float], model: torch.nn.Module, ff_rule: str
         return torch.optim.Adam(model.parameters(), lr=lr)
     if kind in ("NeuralGraphOpt", "NeuralGraphOpt reference"):
         compile = "auto" if kind == "NeuralGraphOpt" else False
-        return NeuralGraphOpt(model.parameters(), lr=lr, model=model, rule=rule, compile=compile)
+        return NeuralGraphOpt(model.parameters(), lr=lr, model=model, rule=rule, compile=compile,
+                              example_inputs=example_inputs)
+    if kind == CHAINED:
+        return NeuralGraphOpt(model.parameters(), lr=lr, rule=rule)
     if kind == "FF":
         return NeuralGraphOpt(model.parameters(), lr=lr, rule=ff_rule or "ff")
     raise ValueError(kind)
@@ -86,7 +94,7 @@ def run(task_name: str, spec: tuple[str, float], seed: int, steps: int, ff_rule:
     task = make_task(task_name, seed)
     model = task.model
     params = dict(model.named_parameters())
-    opt = make_optimizer(spec, model, ff_rule, rule)
+    opt = make_optimizer(spec, model, ff_rule, rule, task.example_inputs())
     train, window, test = [], [], []
     test_every = max(steps // 10, 1)
     for step in range(steps):
@@ -134,6 +142,7 @@ def groups_of(runs: list[dict[str, Any]], task: str) -> tuple[dict[str, list[dic
     best = min(adam, key=lambda lr: next(r["train"][-1] for r in adam[lr] if r["seed"] == tuning_seed))
     groups = {
         "NeuralGraphOpt": [r for r in of if r["optimizer"] == "NeuralGraphOpt"],
+        CHAINED: [r for r in of if r["optimizer"] == CHAINED],
         "FF": [r for r in of if r["optimizer"] == "FF"],
         "Adam(1e-3)": adam.get(1e-3, []),
         f"Adam tuned ({best:g})": adam[best],
@@ -226,6 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="NeuralGraphOpt's rule: a rule folder (e.g. a meta-training run's rule/) or a "
                              "shipped/Hub name (default: the shipped default rule)")
     parser.add_argument("--ff-rule", default=None, help="FF rule to compare (default: the shipped baseline, else 'ff')")
+    parser.add_argument("--graph-ablation", action="store_true",
+                        help=f"also run '{CHAINED}' (the graph from parameter shapes instead of the traced one)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="a subset of the tasks")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("results/l2o_quality"))
     parser.add_argument("--summarize", type=Path, default=None,
@@ -238,12 +250,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             record["rule"] = args.rule
         report({k: record[k] for k in keep if k in record}, args.out, args.ff_rule or _shipped(BASELINE_RULE))
         return record
-    tasks = ["cnn-digits", "mlp-wide-deep"] if args.quick else list(TASKS)
+    tasks = args.tasks or (["cnn-digits", "mlp-wide-deep"] if args.quick else list(TASKS))
     steps = args.steps or (150 if args.quick else 1000)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     grid = (1e-3, 3e-3, 1e-2) if args.quick else ADAM_GRID
     ff_rule = args.ff_rule or _shipped(BASELINE_RULE)
-    learned = [("NeuralGraphOpt", 1.0), ("FF", 1.0)]
+    learned = [("NeuralGraphOpt", 1.0), ("FF", 1.0), *([(CHAINED, 1.0)] if args.graph_ablation else [])]
     # phase 1: the learned optimizers on every seed, the Adam grid on the first seed (the tuning run);
     # phase 2: Adam at 1e-3 and at the tuned lr on the other seeds
     phase1 = [(t, s, seed, steps, ff_rule, args.rule) for t in tasks for s in learned for seed in seeds]

@@ -20,6 +20,14 @@ from encoders.plotting import draw_neural_graph  # noqa: E402
 OUT = Path(__file__).parent / "images"
 
 
+def optional_import(name: str):
+    """``import name``, or ``None`` where it is not installed."""
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
 class Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -41,9 +49,18 @@ def main() -> None:
                           nn.Linear(3, 2)),
         ),
     }
+    transformers = optional_import("transformers")
+    if transformers is not None:
+        config = transformers.LlamaConfig(hidden_size=4, intermediate_size=3, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, head_dim=2, vocab_size=3,
+                                          tie_word_embeddings=True)
+        models["llama"] = ("Llama block: 2 query heads sharing 1 key/value head (GQA), SiLU-gated MLP, tied head",
+                           transformers.LlamaForCausalLM(config))
+    models["attention"] = ("nn.TransformerEncoderLayer: d=4, 2 heads, feed-forward 3",
+                           nn.TransformerEncoderLayer(4, 2, 3, dropout=0.0, batch_first=True))
     for name, (title, model) in models.items():
         graph = NeuralGraph.from_module(model)
-        fig, ax = plt.subplots(figsize=(7, 3.6))
+        fig, ax = plt.subplots(figsize=(9, 4.2) if name in ("llama", "attention") else (7, 3.6))
         draw_neural_graph(graph, ax, title=f"{title}\n{graph.num_nodes} nodes, {graph.num_edges} edges, "
                                            f"edge features {graph.edge_attr.shape[1]}")
         fig.tight_layout()

@@ -15,7 +15,7 @@ _ROLE_COLOURS = {
     Role.INPUT: "#4c72b0", Role.HIDDEN: "#55a868", Role.OUTPUT: "#c44e52",
     Role.NORM: "#8172b2", Role.ATTENTION: "#ccb974", Role.OTHER: "#8c8c8c",
 }
-_EDGE_STYLES = {EdgeKind.RESIDUAL: "--", EdgeKind.NORM: ":"}
+_EDGE_STYLES = {EdgeKind.RESIDUAL: "--", EdgeKind.NORM: ":", EdgeKind.ATTENTION: "-.", EdgeKind.GATE: (0, (4, 1, 1, 1))}
 
 
 def node_positions(graph: NeuralGraph) -> torch.Tensor:
@@ -34,7 +34,8 @@ def node_positions(graph: NeuralGraph) -> torch.Tensor:
 def draw_neural_graph(graph: NeuralGraph, ax: Any = None, title: str | None = None) -> Any:
     """Draw ``graph`` on a matplotlib axis: nodes coloured by role, node shade by bias magnitude,
     edges coloured by the sign and width by the norm of their feature vector (a kernel is one edge);
-    residual edges dashed, normalization edges dotted. Returns the axis."""
+    residual edges dashed, normalization edges dotted, key-to-query attention edges dash-dotted,
+    gate edges dash-dot-dotted. Returns the axis."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch
@@ -49,7 +50,7 @@ def draw_neural_graph(graph: NeuralGraph, ax: Any = None, title: str | None = No
         s, t = graph.edge_index[:, e].tolist()
         kind = EdgeKind(int(graph.edge_kind[e]))
         colour = "#b2182b" if sign[e] > 0 else "#2166ac"
-        if kind in (EdgeKind.RESIDUAL, EdgeKind.NORM):
+        if kind in _EDGE_STYLES:  # edges without a weight of their own
             colour = "#555555"
         span = float(pos[t, 0] - pos[s, 0])
         ax.add_patch(FancyArrowPatch(

@@ -88,6 +88,13 @@ class _Neurons:
         return _Neurons(**{**self.__dict__, **kw})
 
 
+@dataclass
+class _Parameter:
+    """A parameter read directly (``self.pos``, ``self.pos[:n]``), not through a layer."""
+
+    name: str
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
@@ -105,6 +112,7 @@ class _Walker:
         self.layers = Layers(model)
         self.b = self.layers.b
         self.modules = dict(model.named_modules())
+        self.parameters = dict(model.named_parameters())
         self.called: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
@@ -227,6 +235,18 @@ class _Walker:
             raise ValueError(f"module {name!r} of type {type(m).__name__} is not supported by neural graphs")
         return x  # a parameter-free module without a template: values pass through
 
+    def added_parameter(self, x: _Neurons, name: str) -> _Neurons:
+        """``x + p``: a bias over ``x``'s neurons, or a table of per-position feature vectors (a
+        learned position embedding), which joins ``x`` as a residual; anything else stays unplaced
+        (its own component)."""
+        shape = self.model.get_parameter(name).shape
+        if x.is_map or not shape or shape[-1] != len(x.ids):
+            return x
+        if len(shape) == 1:
+            self.layers.node_param(name, x.ids)
+            return x
+        return x.like(ids=self.layers.residual(x.ids, self.layers.embedding(name)))
+
     def activate(self, x: object, activation: str) -> object:
         if isinstance(x, _Neurons) and x.ids is not None:
             self.b.set_activation(x.ids, activation)
@@ -239,6 +259,11 @@ class _Walker:
             return self.activate(args[0], _ACTIVATION_FUNCTIONS[target])
         if target is operator.getitem and isinstance(args[0], tuple):
             return args[0][args[1]]
+        if target is operator.getitem and isinstance(args[0], _Parameter):
+            return args[0]  # a slice of a table (positions up to the sequence length)
+        params = [a for a in args if isinstance(a, _Parameter)]
+        if target in _ADDS and len(neurons) == 1 and params and neurons[0].ids is not None:
+            return self.added_parameter(neurons[0], params[0].name)
         if not neurons or target in _SHAPE_QUERIES:
             return None  # shapes, sizes, constants
         if target in _ADDS and len(neurons) == 2:
@@ -270,7 +295,7 @@ class _Walker:
                 if node.op == "placeholder":
                     env[node] = _Neurons(None)
                 elif node.op == "get_attr":
-                    env[node] = None
+                    env[node] = _Parameter(node.target) if node.target in self.parameters else None
                 elif node.op == "call_module":
                     env[node] = self.call_module(node.target, args)
                 elif node.op in ("call_function", "call_method"):

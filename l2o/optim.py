@@ -209,9 +209,7 @@ class NeuralGraphOpt(Optimizer):
                     raise ValueError(f"{key} must be >= 0, got {group[key]}")
         if params:
             self.rule.to(params[0].device)
-        # rules written before example_inputs existed take (params, model): pass it only when given
-        extra = {} if self.example_inputs is None else {"example_inputs": self.example_inputs}
-        context = self.rule.build_context(params, self.model, **extra)
+        context = self.rule.context_for(params, self.model, self.example_inputs)
         state = self.rule.init_state(params)
         if previous is not None:
             old, n_old = previous

@@ -48,6 +48,15 @@ class UpdateRule(nn.Module):
     def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def context_for(
+        self, params: Sequence[Tensor], model: nn.Module | None = None, example_inputs: tuple | dict | None = None
+    ) -> Any:
+        """:meth:`build_context`, passing ``example_inputs`` only when given: rules written before
+        it existed take ``(params, model)``."""
+        if example_inputs is None:
+            return self.build_context(params, model)
+        return self.build_context(params, model, example_inputs=example_inputs)
+
     def forward(
         self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: Any = None
     ) -> tuple[list[Tensor], dict[str, Any]]:

@@ -5,7 +5,7 @@ import math
 import pytest
 from torch import nn
 
-from benchmarks import l2o_quality, recipe_spread, step_overhead, weight_space
+from benchmarks import graph_build, l2o_quality, recipe_spread, step_overhead, weight_space
 from benchmarks.__main__ import available
 from benchmarks.common import free_cores, machine_info
 
@@ -33,6 +33,26 @@ def test_l2o_quality_run_and_summary():
     assert best_lr["cnn-digits"] in (1e-3, 1e-2) and {r["optimizer"] for r in rows} >= {"NeuralGraphOpt", "FF"}
     assert speedup["cnn-digits"] == math.inf or speedup["cnn-digits"] > 0
     assert "speedup" in l2o_quality.table(rows, speedup)
+
+
+def test_l2o_quality_graph_ablation_trains_on_the_chained_graph():
+    from encoders import Role
+
+    task = l2o_quality.make_task("transformer", 0)
+    traced = l2o_quality.make_optimizer(("NeuralGraphOpt reference", 1.0), task.model, None, None,
+                                        task.example_inputs())
+    chained = l2o_quality.make_optimizer((l2o_quality.CHAINED, 1.0), task.model, None)
+    assert (traced.context.node_role == Role.ATTENTION).any()  # exact: traced with torch.export
+    assert not (chained.context.node_role == Role.ATTENTION).any()
+
+
+def test_graph_build_coverage_rows_tell_traced_from_chained():
+    llama = graph_build.coverage_row("Llama (GQA, RoPE)")
+    assert llama["graph"] == "torch.export" and llama["symmetry_error"] < 1e-5 and llama["fixed_attention"] > 0
+    convnext = graph_build.coverage_row("ConvNeXt (depthwise conv)")
+    assert convnext["graph"] == "chained" and "grouped" in convnext["reason"] and convnext["symmetry_error"] > 1e-3
+    table = graph_build._markdown([llama, convnext], [], threads=1)
+    assert "| Llama (GQA, RoPE) |" in table and "chained: grouped" in table
 
 
 def test_steps_to_reach():

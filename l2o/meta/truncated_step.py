@@ -155,7 +155,7 @@ class TruncatedStep:
             task = self.family.sample(derive_seed(self.seed, "task", slot, episode))
             task.model.to(self.device)
             params = task.init_params()
-            context = self.rule.build_context(list(params.values()), task.model)
+            context = self.rule.context_for(list(params.values()), task.model, task.example_inputs())
             self._tasks[key] = _TaskEntry(task, list(params), context)
         return self._tasks[key]
 

@@ -182,6 +182,14 @@ class ViTStyle(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
+def markov_transformer() -> Arch:
+    """The transformer of the optimizer benchmark's sequence task (learned positions, causal mask)."""
+    from l2o.meta.tasks.sequence import TinyTransformer
+
+    example = (torch.randint(0, 11, (2, 6)),)
+    return Arch(TinyTransformer(11, 8, 2, 2, 2, 6, "gelu"), example, example)
+
+
 def vit_style() -> Arch:
     example = (torch.randn(2, 3, 8, 8),)
     return Arch(ViTStyle(), example, example)
@@ -192,6 +200,7 @@ ARCHITECTURES: dict[str, Callable[[], Arch]] = {
     "transformer_encoder": encoder_root,
     "transformer_encoder_layer": encoder_layer_root,
     "transformer_layer_stack": layer_stack,
+    "markov_transformer": markov_transformer,
     "resnet18_style": resnet18_style,
     "vit_style": vit_style,
 }

@@ -57,6 +57,12 @@ class Task(ABC):
         """The model's forward pass with ``params`` substituted (functional)."""
         return functional_call(self.model, params, inputs)
 
+    def example_inputs(self) -> tuple | None:
+        """Arguments of one forward call of ``self.model``, for ``torch.export`` where ``torch.fx``
+        cannot trace the model (:meth:`encoders.NeuralGraph.from_module`); ``None`` where tracing
+        needs none."""
+        return None
+
     def generator(self, split: str, step: int) -> torch.Generator:
         """The generator for the batch of ``split`` at inner iteration ``step``."""
         return torch.Generator().manual_seed(derive_seed(self.seed, split, step))

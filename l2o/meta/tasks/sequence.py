@@ -85,6 +85,11 @@ class MarkovChainTask(Task):
         sequence = torch.stack(tokens, dim=1)
         return sequence[:, :-1], sequence[:, 1:]
 
+    def example_inputs(self) -> tuple:
+        """The first training batch's tokens: the transformer's causal mask slicing does not trace
+        with ``torch.fx``."""
+        return (self.batch(0)[0],)
+
     def loss(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         inputs, targets = batch
         logits = self.apply(params, inputs)
