@@ -70,13 +70,21 @@ COVERAGE: dict[str, Callable[[], nn.Module]] = {
                intermediate_size=64, image_size=16, patch_size=4, num_channels=3, num_labels=3),
     "ResNet-18 layout": _hf("ResNetForImageClassification", "ResNetConfig", layer_type="basic", depths=[2, 2, 2, 2],
                             hidden_sizes=[8, 16, 16, 32], embedding_size=8, num_labels=3),
+    "ConvNeXt (depthwise conv)": _hf("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[8, 16, 16, 32],
+                                     depths=[1, 1, 1, 1], num_labels=3, image_size=32),
+    "MobileNetV2 (depthwise conv)": _hf("MobileNetV2ForImageClassification", "MobileNetV2Config",
+                                        depth_multiplier=0.25, num_labels=3, image_size=32),
     "nn.TransformerEncoder": lambda: nn.TransformerEncoder(
         nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 2, enable_nested_tensor=False),
     "nn.TransformerEncoderLayer": lambda: nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True),
-    "ConvNeXt (depthwise conv)": _hf("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[8, 16, 16, 32],
-                                     depths=[1, 1, 1, 1], num_labels=3, image_size=32),
+    "ResNeXt-style (groups=2)": lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 3)),
 }
-"""Architectures of the coverage table (ConvNeXt's grouped convolutions have no template yet)."""
+"""Architectures of the coverage table. Grouped convolutions other than depthwise have no template."""
+INPUTS = {"nn.TransformerEncoder": (2, 5, 32), "nn.TransformerEncoderLayer": (2, 5, 32),
+          "ResNeXt-style (groups=2)": (2, 3, 12, 12)}
+"""Input shapes of the non-Hugging Face entries (Hugging Face models build their own inputs)."""
 
 _LLAMA = {"vocab_size": 32000, "max_position_embeddings": 2048}
 SIZES: dict[str, Callable[[], nn.Module]] = {
@@ -110,21 +118,20 @@ def coverage_row(name: str) -> dict[str, Any]:
         for pname, p in model.named_parameters():
             is_scale = p.dim() == 1 and pname.endswith("weight") and ("norm" in pname or "ln" in pname)
             p.normal_(1.0 if is_scale else 0.0, 0.3)
-    inputs = example_inputs_for(model)
-    if inputs is None:  # the torch layers read [batch, tokens, features]
-        inputs = (torch.randn(2, 5, 32, dtype=torch.float64),)
+    hugging_face = example_inputs_for(model) is not None
+    inputs = example_inputs_for(model) if hugging_face else (torch.randn(INPUTS[name], dtype=torch.float64),)
     row: dict[str, Any] = {"model": name, "parameters": sum(p.numel() for p in model.parameters())}
     start = time.perf_counter()
     try:
-        graph = NeuralGraph.from_module(model)
-        row["graph"] = "torch.export" if example_inputs_for(model) is not None else "torch.fx"
+        graph = NeuralGraph.from_module(model, None if hugging_face else inputs)
     except ValueError as err:
         row["seconds"] = round(time.perf_counter() - start, 3)
         graph = NeuralGraph.from_parameters(model.named_parameters())
         row["graph"] = "chained"
-        row["reason"] = str(err).split(": ", 1)[-1][:160]
+        row["reason"] = str(err).split("torch.export: ")[-1][:160]  # the last tracer's reason
     else:
         row["seconds"] = round(time.perf_counter() - start, 3)
+        row["graph"] = "torch.export" if hugging_face or not _fx_traces(model) else "torch.fx"
     row.update(nodes=graph.num_nodes, edges=graph.num_edges,
                groups=int(graph.node_group[graph.node_group >= 0].unique().numel()),
                attention_heads=int(graph.node_unit[graph.node_role == Role.ATTENTION].unique().numel()),
@@ -137,6 +144,16 @@ def coverage_row(name: str) -> dict[str, Any]:
         reference = _call(model, inputs)
         row["symmetry_error"] = float((_call(permuted, inputs) - reference).abs().max() / reference.abs().max())
     return row
+
+
+def _fx_traces(model: nn.Module) -> bool:
+    from encoders.tracing import trace_module
+
+    try:
+        trace_module(model)
+    except ValueError:
+        return False
+    return True
 
 
 def _rss_mb() -> float:

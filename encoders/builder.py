@@ -486,7 +486,7 @@ class GraphBuilder:
         edge_base = torch.zeros(num_edges, edge_channels * slots)
         centre = self._centre_column(kernel_grid)
         for g in self._edges:
-            if not g.biclique and g.kind != EdgeKind.NORM:  # identity connections: a constant kernel
+            if g.kind in (EdgeKind.RESIDUAL, EdgeKind.GATE, EdgeKind.ATTENTION):  # no weight: a constant kernel
                 edge_base[g.start:g.start + g.size, centre] = 1.0
 
         on_edge = sum(prod(p.shape) for p in self._placements if p.on_edge)

@@ -79,7 +79,7 @@ class _Fresh:
 _FRESH = _Fresh()
 
 _ACTIVATIONS = {
-    "relu": "relu", "relu_": "relu", "gelu": "gelu", "silu": "silu", "silu_": "silu", "tanh": "tanh",
+    "relu": "relu", "gelu": "gelu", "silu": "silu", "tanh": "tanh",
     "sigmoid": "sigmoid", "leaky_relu": "leaky_relu", "sin": "sine", "softplus": "softplus", "elu": "elu",
     "hardtanh": "other", "hardswish": "other", "mish": "other", "selu": "other", "celu": "other",
     "hardsigmoid": "other", "log_sigmoid": "other",
@@ -265,6 +265,8 @@ class _ExportWalker:
         if target is operator.getitem:
             return args[0][args[1]] if isinstance(args[0], (tuple, list)) else None
         name = getattr(getattr(target, "overloadpacket", None), "__name__", getattr(target, "__name__", str(target)))
+        if name.endswith("_") and not name.startswith("_"):
+            name = name[:-1]  # an in-place variant (relu_, add_, dropout_) reads like the op
         values = [a for a in (*args, *kwargs.values()) if isinstance(a, (_Act, _Param, _Scores, _Fresh))]
         nested = [v for a in args if isinstance(a, (list, tuple)) for v in a if isinstance(v, (_Act, _Fresh))]
         if name in _IGNORED or not (values or nested):
@@ -381,12 +383,13 @@ class _ExportWalker:
         where = self.where(node)
         if transposed:
             raise ValueError(f"{where}: transposed convolutions are not supported")
-        if groups != 1:
-            raise ValueError(f"{where}: grouped convolutions (groups={groups}) are not supported")
         weight = self.param(w, where)
-        src = self.read(x, self.model.get_parameter(weight.name).shape[1], 1, where)
+        src = self.read(x, self.model.get_parameter(weight.name).shape[1] * groups, 1, where)
         bias_name = self.param(bias, where).name if bias is not None else None
-        return _Act(self.layers.conv(weight.name, src, bias=bias_name), (1,))
+        try:
+            return _Act(self.layers.conv(weight.name, src, bias=bias_name, groups=groups), (1,))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
 
     def op_conv1d(self, node, args, kwargs):
         return self.conv(node, args[0], args[1], args[2] if len(args) > 2 else None,
@@ -434,6 +437,17 @@ class _ExportWalker:
     op__native_batch_norm_legit = op__native_batch_norm_legit_no_training
     op_native_batch_norm = op__native_batch_norm_legit_no_training
     op__native_batch_norm_legit_functional = op__native_batch_norm_legit_no_training
+
+    def op_pad(self, node, args, kwargs):
+        """Padding of spatial (trailing) dims passes values through; padding the neurons does not."""
+        x, pad = args[0], args[1]
+        if isinstance(x, _Act) and len(_shape(node)) - len(pad) // 2 <= max(x.dims):
+            raise ValueError(f"{self.where(node)}: padding the neuron dimension is not supported")
+        return x
+
+    op_constant_pad_nd = op_pad
+    op_reflection_pad2d = op_pad
+    op_replication_pad2d = op_pad
 
     def op_native_dropout(self, node, args, kwargs):
         return (args[0], None)
@@ -564,7 +578,6 @@ class _ExportWalker:
 
     op_sub = op_add
     op_rsub = op_add
-    op_add_ = op_add
 
     def op_mul(self, node, args, kwargs):
         return self.combine(node, args, "mul")

@@ -119,14 +119,31 @@ class Layers:
             self.node_param(bias, dst)
         return dst
 
-    def conv(self, weight: str, src: Tensor, *, bias: str | None = None) -> Tensor:
-        """A convolution ``[out, in, *kernel]`` with ``groups=1``; the kernel fills the edge's slots."""
+    def conv(self, weight: str, src: Tensor, *, bias: str | None = None, groups: int = 1) -> Tensor:
+        """A convolution ``[out, in / groups, *kernel]``; the kernel fills the edge's slots.
+
+        ``groups=1``: every input channel to every output channel. A depthwise convolution
+        (``groups`` = input channels = output channels) joins each channel to its own output
+        channel one-to-one, and the two are permuted together, as a normalization's are. Other
+        group counts raise ``ValueError``.
+        """
         w = self.model.get_parameter(weight)
+        kernel = tuple(w.shape[2:])
+        if groups != 1:
+            if not groups == len(src) == w.shape[0] or w.shape[1] != 1:
+                raise ValueError(f"{weight}: grouped convolutions (groups={groups}) are supported only depthwise "
+                                 "(groups = input channels = output channels)")
+            dst = self.new_layer(src, len(src))
+            eid = self.b.identity_edges(src, dst, EdgeKind.WEIGHT)
+            entity = eid.reshape((-1, 1) + (1,) * len(kernel))
+            self.place(weight, on_edge=True, entity=entity, layout=("kernel", kernel))
+            if bias is not None:
+                self.node_param(bias, dst)
+            return dst
         if w.shape[1] != len(src):
             raise ValueError(f"{weight} expects {w.shape[1]} input channels but receives {len(src)} neurons")
         dst = self.new_layer(src, w.shape[0])
         eid = self.b.dense_edges(src, dst)
-        kernel = tuple(w.shape[2:])
         self.place(weight, on_edge=True, entity=eid.reshape(eid.shape + (1,) * len(kernel)), layout=("kernel", kernel))
         if bias is not None:
             self.node_param(bias, dst)

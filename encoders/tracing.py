@@ -1,24 +1,28 @@
-"""Neural graphs of ``nn.Module`` objects, discovered by tracing (``NeuralGraph.from_module``).
+"""Neural graphs of ``nn.Module`` objects, discovered by ``torch.fx`` (``NeuralGraph.from_module``).
 
-This module describes a module to a :class:`~encoders.builder.GraphBuilder`; it does not import
-:mod:`encoders.graph` (:mod:`encoders.build` turns the builder into a ``NeuralGraph``).
+This module describes a module to a :class:`~encoders.builder.GraphBuilder` through the layer
+templates of :mod:`encoders.templates`; it does not import :mod:`encoders.graph`
+(:mod:`encoders.build` turns the builder into a ``NeuralGraph``). Modules that ``torch.fx``
+cannot trace go to :mod:`encoders.exporting` (``torch.export``) instead.
 
 ``torch.fx`` traces the module with the layers below kept as leaves; each traced value is then the
 set of neurons (nodes) that index its feature dimension, and each layer call adds a block of nodes
 and its edges. Supported:
 
-* ``nn.Linear``, ``nn.Conv1d/2d/3d`` (``groups=1``), ``nn.Embedding`` (one input node per token);
+* ``nn.Linear``, ``nn.Conv1d/2d/3d`` (``groups=1`` or depthwise), ``nn.Embedding`` (one input node
+  per token);
 * residual additions ``a + b`` of two traced values (one-to-one identity edges), concatenation
   along the feature dimension, flatten/reshape of convolution maps (a following linear layer gets
   one edge per input channel carrying the flattened spatial positions), pooling, dropout, views;
+  a parameter added to activations (a bias, or a table of learned positions);
 * ``BatchNorm*``, ``LayerNorm`` (1-D normalized shape), ``GroupNorm``, ``InstanceNorm*`` with
   affine parameters: a block of new nodes joined one-to-one, ``gamma`` on the edges, ``beta`` on
   the nodes (without affine parameters they pass values through);
-* ``nn.MultiheadAttention`` (self-attention, packed ``in_proj_weight``): input -> attention
-  neurons with 3-channel (Q, K, V) edges and biases, heads kept distinguishable via ``node_head``
-  and separate permutation groups; ``out_proj`` as a linear layer;
+* ``nn.MultiheadAttention`` (self-attention, packed ``in_proj_weight``): its Q, K and V neurons
+  split into heads (see :meth:`encoders.templates.Layers.attention`); ``out_proj`` as a linear
+  layer;
 * ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` (templates, since their fast paths
-  cannot be traced);
+  cannot be traced), also as the module given;
 * activations, as modules or functions (relu, gelu, silu, tanh, sigmoid, leaky_relu, sin, ...),
   recorded on the neurons they follow.
 
@@ -142,12 +146,11 @@ class _Walker:
                                           bias=self._optional(m, name, "bias")))
 
     def conv(self, name: str, m: nn.modules.conv._ConvNd, x: _Neurons) -> _Neurons:
-        if m.groups != 1:
-            raise ValueError(f"{name} ({type(m).__name__}) has groups={m.groups}; grouped convolutions are unsupported")
         if m.transposed:
             raise ValueError(f"{name} ({type(m).__name__}): transposed convolutions are not supported")
         src = self.inputs(x, m.in_channels, f"{name} ({type(m).__name__})")
-        return _Neurons(self.layers.conv(_sub(name, "weight"), src, bias=self._optional(m, name, "bias")), is_map=True)
+        return _Neurons(self.layers.conv(_sub(name, "weight"), src, bias=self._optional(m, name, "bias"),
+                                         groups=m.groups), is_map=True)
 
     def embedding(self, name: str, m: nn.Embedding, x: _Neurons) -> _Neurons:
         if x.ids is not None:

@@ -49,10 +49,10 @@ def test_l2o_quality_graph_ablation_trains_on_the_chained_graph():
 def test_graph_build_coverage_rows_tell_traced_from_chained():
     llama = graph_build.coverage_row("Llama (GQA, RoPE)")
     assert llama["graph"] == "torch.export" and llama["symmetry_error"] < 1e-5 and llama["fixed_attention"] > 0
-    convnext = graph_build.coverage_row("ConvNeXt (depthwise conv)")
-    assert convnext["graph"] == "chained" and "grouped" in convnext["reason"] and convnext["symmetry_error"] > 1e-3
-    table = graph_build._markdown([llama, convnext], [], threads=1)
-    assert "| Llama (GQA, RoPE) |" in table and "chained: grouped" in table
+    grouped = graph_build.coverage_row("ResNeXt-style (groups=2)")
+    assert grouped["graph"] == "chained" and "groups=2" in grouped["reason"] and grouped["symmetry_error"] > 1e-3
+    table = graph_build._markdown([llama, grouped], [], threads=1)
+    assert "| Llama (GQA, RoPE) |" in table and "chained: " in table and "groups=2" in table
 
 
 def test_steps_to_reach():

@@ -58,6 +58,8 @@ HUGGING_FACE = {
                intermediate_size=24, image_size=8, patch_size=4, num_channels=3, num_labels=3),
     "t5": _hf("T5ForConditionalGeneration", "T5Config", d_model=16, d_kv=4, d_ff=24, num_layers=1,
               num_decoder_layers=1, num_heads=2, **_TEXT),
+    "mobilenet_v2": _hf("MobileNetV2ForImageClassification", "MobileNetV2Config", depth_multiplier=0.25,
+                        num_labels=3, image_size=32),
 }
 
 
@@ -190,6 +192,27 @@ def markov_transformer() -> Arch:
     return Arch(TinyTransformer(11, 8, 2, 2, 2, 6, "gelu"), example, example)
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: expand (1x1), depthwise 3x3, project (1x1), residual."""
+
+    def __init__(self, channels: int, expand: int) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+def mobilenet_style() -> Arch:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), InvertedResidual(4, 3), InvertedResidual(4, 2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    return Arch(model, None, (torch.randn(2, 3, 8, 8),))
+
+
 def vit_style() -> Arch:
     example = (torch.randn(2, 3, 8, 8),)
     return Arch(ViTStyle(), example, example)
@@ -202,6 +225,7 @@ ARCHITECTURES: dict[str, Callable[[], Arch]] = {
     "transformer_layer_stack": layer_stack,
     "markov_transformer": markov_transformer,
     "resnet18_style": resnet18_style,
+    "mobilenet_style": mobilenet_style,
     "vit_style": vit_style,
 }
 
