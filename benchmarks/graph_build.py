@@ -213,8 +213,7 @@ def _memory_mb() -> float:
 
 # ---------------------------------------------------------------------------------------- report
 def _markdown(coverage: list[dict], sizes: list[dict], threads: int) -> str:
-    lines = ["## graph_build", "",
-             "How `NeuralGraph.from_module` (and so `NeuralGraphOpt(model.parameters(), model=model)`) sees the "
+    lines = ["How `NeuralGraph.from_module` (and so `NeuralGraphOpt(model.parameters(), model=model)`) sees the "
              "models people train. *Symmetry error*: largest output change, relative, after applying a random "
              "symmetry of the graph to the parameters (hidden neurons, and neurons within attention heads); "
              "float64 models, so values near 1e-16 are exact and values near 1e-7 come from models that compute "
