@@ -133,6 +133,13 @@ class _EdgeGroup:
             block[1].copy_(self.dst)
 
 
+def _largest(values: Tensor) -> int:
+    """``values.max()``, without reading every element of an expanded number."""
+    if all(s == 0 for s in values.stride()):
+        return int(values.reshape(-1)[0])
+    return int(values.max())
+
+
 def _compact(values: Tensor, rows: int, cols: int) -> Tensor:
     """``values`` (broadcast to a parameter's shape) as ``[1, 1]`` if it is one expanded number,
     else as ``[rows, cols]``."""
@@ -472,8 +479,8 @@ class GraphBuilder:
         kernel_grid = self._kernel_grid(kernel_grid)
         spatial = max((p.layout[1][0] for p in self._placements if p.layout[0] == "spatial"), default=1)
         slots = max(prod(kernel_grid), spatial, slots)
-        edge_channels = max([edge_channels, *(int(p.channel.max()) + 1 for p in self._placements if p.on_edge)])
-        node_channels = max([node_channels, *(int(p.channel.max()) + 1 for p in self._placements if not p.on_edge)])
+        edge_channels = max([edge_channels, *(_largest(p.channel) + 1 for p in self._placements if p.on_edge)])
+        node_channels = max([node_channels, *(_largest(p.channel) + 1 for p in self._placements if not p.on_edge)])
 
         num_edges = self._num_edges
         edge_index = torch.empty(2, num_edges, dtype=torch.long)
@@ -498,9 +505,14 @@ class GraphBuilder:
             n = prod(p.shape)
             if p.on_edge:
                 torch.arange(offset, offset + n, out=edge_pos[filled:filled + n])
-                slot = edge_slot[filled:filled + n]
-                torch.mul(p.entity.reshape(-1), edge_channels * slots, out=slot)
-                slot += self._column(p, kernel_grid, slots)
+                slot = edge_slot[filled:filled + n].view(p.shape)  # read the (strided) entity once
+                if edge_channels * slots > 1:
+                    torch.mul(p.entity, edge_channels * slots, out=slot)
+                else:
+                    slot.copy_(p.entity)
+                column = self._column(p, kernel_grid, slots)
+                if not isinstance(column, int) or column:
+                    slot.view(-1).add_(column)
                 filled += n
             else:
                 node_pos.append(torch.arange(offset, offset + n))
@@ -547,7 +559,7 @@ class GraphBuilder:
     def _column(self, p: _Placement, grid: tuple[int, ...], slots: int) -> Tensor | int:
         """Feature column of every element of placement ``p`` among its edge's ``channels * slots``:
         ``[numel]``, or one number where all elements share it (a linear weight on channel 0)."""
-        channel = p.channel.reshape(-1) * slots if int(p.channel.max()) > 0 else 0
+        channel = p.channel.reshape(-1) * slots if _largest(p.channel) > 0 else 0
         if p.layout[0] == "none":
             return channel + self._centre_column(grid)
         position = p.position.reshape(-1)
