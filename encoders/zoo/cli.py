@@ -1,6 +1,6 @@
 """The ``l2o zoo`` subcommands: ``add_parser(subparsers)`` registers them on the ``l2o`` CLI.
 
-    l2o zoo inr OUT [--source mnist5k] [--limit N] [--steps 80] ...   fit a SIREN per image
+    l2o zoo inr OUT [--source mnist5k] [--recipe fast|dwsnets] [--copies K] ...   fit SIRENs per image
     l2o zoo cnn OUT [--source digits] [--architectures 16] ...        train a CNN zoo with checkpoints
     l2o zoo import FOLDER OUT --format dwsnets|nfn                   convert a published SIREN zoo
     l2o zoo info ZOO                                                 summarise a zoo folder
@@ -48,8 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     inr.add_argument("--w0", type=float, default=30.0)
     inr.add_argument("--offset", type=float, default=0.5)
     inr.add_argument("--value-range", type=float, nargs=2, default=[0.0, 1.0])
-    inr.add_argument("--steps", type=int, default=80)
-    inr.add_argument("--lr", type=float, default=5e-3)
+    inr.add_argument("--recipe", choices=["fast", "dwsnets"], default="fast",
+                     help="fitting settings: fast (80 Adam steps at 5e-3 from SIREN's init) or dwsnets (the "
+                          "DWSNets zoo's init, Adam at 5e-4 for up to 1000 steps, stopping at 40 dB); the flags "
+                          "below override them")
+    inr.add_argument("--steps", type=int, default=None)
+    inr.add_argument("--lr", type=float, default=None)
+    inr.add_argument("--target-psnr", type=float, default=None, help="stop each SIREN at this PSNR (dB)")
     inr.add_argument("--batch-size", type=int, default=8, help="SIRENs fitted together per process")
     inr.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower; no compiler needed)")
     inr.add_argument("--shard-size", type=int, default=256)
@@ -80,11 +85,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run_inr(args: argparse.Namespace) -> int:
     """Handler of ``l2o zoo inr``."""
-    from encoders.zoo.inr_fit import InrConfig
+    from encoders.zoo.inr_fit import RECIPES, InrConfig
     from encoders.zoo.inr_zoo import make_inr_zoo
 
+    given = {k: getattr(args, k) for k in ("steps", "lr", "target_psnr") if getattr(args, k) is not None}
     config = InrConfig(hidden=tuple(args.hidden), w0=args.w0, offset=args.offset, value_range=tuple(args.value_range),
-                       steps=args.steps, lr=args.lr, batch_size=args.batch_size, compile=not args.no_compile)
+                       batch_size=args.batch_size, compile=not args.no_compile, **{**RECIPES[args.recipe], **given})
     zoo = make_inr_zoo(args.out, args.source, config=config, image_split=args.image_split, limit=args.limit,
                        copies=args.copies, seed=args.seed, split_fractions=dict(args.split_fractions),
                        shard_size=args.shard_size, workers=args.workers, progress=not args.no_progress)

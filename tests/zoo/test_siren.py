@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from encoders.data import load_mnist5k
 from encoders.zoo import InrConfig, Siren, coordinate_grid, fit_sirens, psnr
-from encoders.zoo.siren import siren_param_shapes
+from encoders.zoo.inr_fit import RECIPES
+from encoders.zoo.siren import siren_init_, siren_param_shapes
 from tests.zoo.conftest import FAST
 
 
@@ -98,3 +100,35 @@ def test_compiled_fit_matches_eager(digits: tuple[torch.Tensor, torch.Tensor]) -
     assert torch.allclose(compiled_psnr, eager_psnr, atol=0.1)
     for key in eager:
         assert torch.allclose(compiled[key], eager[key], atol=1e-3)
+
+
+def test_dwsnets_init_is_low_frequency_with_zero_sine_biases() -> None:
+    params = [torch.empty(s) for s in siren_param_shapes((32, 32), 2, 1).values()]
+    siren_init_(params, 30.0, torch.Generator().manual_seed(0), scheme="dwsnets")
+    w1, b1, w2, b2, w3, b3 = params
+    assert 0.05 < w1.abs().max() <= math.sqrt(6 / 2) / 30  # not SIREN's U(-1/2, 1/2) first layer
+    assert 0.013 < w2.abs().max() <= math.sqrt(6 / 32) / 30
+    assert not b1.any() and not b2.any()
+    assert 0 < b3.abs().max() <= 1 / math.sqrt(32) and 0.1 < w3.abs().max() <= 1 / math.sqrt(32)  # nn.Linear
+    with pytest.raises(ValueError, match="unknown SIREN init"):
+        siren_init_(params, 30.0, scheme="random")
+
+
+def test_early_stop_keeps_each_sirens_weights_from_when_it_reached_the_target(digits) -> None:
+    images = digits[0][:3]
+    config = InrConfig(steps=200, lr=5e-4, init="dwsnets", compile=False)
+    full, full_psnr = fit_sirens(images, [1, 2, 3], config)
+    target = float(full_psnr.min()) - 3.0  # every SIREN passes it well before the end
+    stopped, stopped_psnr = fit_sirens(images, [1, 2, 3], replace(config, target_psnr=target))
+    assert (stopped_psnr >= target).all() and (stopped_psnr < full_psnr).all()
+    # each SIREN stops on its own: fitted alone, the second one stops at the same weights (to the
+    # rounding of a batch of 1 against a batch of 3)
+    alone, _ = fit_sirens(images[1:2], [2], replace(config, target_psnr=target))
+    for key in stopped:
+        torch.testing.assert_close(alone[key][0], stopped[key][1], atol=1e-5, rtol=1e-4)
+    assert replace(config, **RECIPES["dwsnets"]).steps == 1000
+
+
+def test_bad_init_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown init"):
+        InrConfig(init="random")
