@@ -27,7 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--zoo", required=True, type=Path, help="zoo folder (make_inr_zoo / make_cnn_zoo)")
     parser.add_argument("--encoder", choices=[*ENCODERS, "stats"], default="ng-gnn")
     for field in fields(FitConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        flag = f"--{field.name.replace('_', '-')}"
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action="store_true", help=f"FitConfig.{field.name}")
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/fit/TASK-ENCODER)")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -9,7 +9,7 @@ parameters fed to the models. :meth:`WeightSet.batch` gathers a :class:`WeightBa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from math import prod
@@ -72,6 +72,10 @@ def zoo_params(zoo: Zoo, structures: Sequence[NeuralGraph], width: int) -> Tenso
     return raw
 
 
+Augmentation = Callable[[Tensor, torch.Generator | None], Tensor]
+"""``augment(raw [B, P], generator) -> [B, P]``: new raw parameters for a training batch."""
+
+
 @dataclass
 class WeightBatch:
     """A mini-batch of ``B`` networks.
@@ -124,17 +128,27 @@ class WeightSet:
     def __len__(self) -> int:
         return len(self.raw)
 
-    def batch(self, index: Tensor) -> WeightBatch:
-        """The networks at rows ``index [B]``."""
+    def batch(self, index: Tensor, augment: Augmentation | None = None,
+              generator: torch.Generator | None = None) -> WeightBatch:
+        """The networks at rows ``index [B]``; ``augment(raw [B, P], generator) -> [B, P]`` redraws
+        their parameters first (their graphs' features are then rebuilt)."""
         rows = index.tolist()
-        return WeightBatch(Batch.from_data_list([self.data[i] for i in rows]), [self.structures[i] for i in rows],
-                           self.raw[index], self.flat[index], self.target[index], index)
+        structures = [self.structures[i] for i in rows]
+        if augment is None:
+            return WeightBatch(Batch.from_data_list([self.data[i] for i in rows]), structures, self.raw[index],
+                               self.flat[index], self.target[index], index)
+        raw = augment(self.raw[index], generator)
+        flat = self.standardizer(raw) * self._mask[index]
+        data = [g.to_pyg(*g.features(f[:g.num_params])) for g, f in zip(structures, flat)]
+        return WeightBatch(Batch.from_data_list(data), structures, raw, flat, self.target[index], index)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[WeightBatch]:
-        """The whole set in batches: shuffled with ``generator``, in order without."""
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                augment: Augmentation | None = None) -> Iterator[WeightBatch]:
+        """The whole set in batches: shuffled with ``generator``, in order without; each batch
+        augmented with ``augment`` (drawing from ``generator``) if given."""
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         for chunk in order.split(batch_size):
-            yield self.batch(chunk)
+            yield self.batch(chunk, augment, generator)
 
 
 def param_sizes(graph: NeuralGraph) -> list[int]:

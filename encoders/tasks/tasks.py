@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from encoders.tasks.data import WeightBatch, WeightSet, param_sizes, zoo_graphs, zoo_params
+from encoders.tasks.augment import InrAugment
+from encoders.tasks.data import Augmentation, WeightBatch, WeightSet, param_sizes, zoo_graphs, zoo_params
 from encoders.tasks.metrics import kendall_tau
 from encoders.tasks.standardize import LayerStandardizer
 from encoders.zoo.inr_fit import coordinate_grid
@@ -57,6 +58,11 @@ class WeightTask:
     def model_inputs(self, batch: WeightBatch) -> dict[str, Any]:
         """Extra keyword arguments of the model call (probe inputs for INR tasks)."""
         return {}
+
+    def augmentation(self) -> Augmentation | None:
+        """What ``FitConfig(augment=True)`` applies to training batches (``None``: nothing that
+        keeps this task's targets)."""
+        return None
 
     def loss(self, output: Tensor, batch: WeightBatch) -> Tensor:
         raise NotImplementedError
@@ -124,6 +130,18 @@ class InrClassification(_InrTask):
 
     def targets(self, part: Zoo, raw: Tensor) -> Tensor:
         return torch.tensor(part.dataset["label"], dtype=torch.long)
+
+    def augmentation(self) -> Augmentation:
+        """:class:`~encoders.tasks.augment.InrAugment` (rotation, scale, translation of the input
+        coordinates, SIREN sign flips, 1 % weight dropout): a digit drawn rotated or shifted is
+        still that digit."""
+        augment = InrAugment()
+
+        def apply(raw: Tensor, generator: torch.Generator | None) -> Tensor:
+            params = augment(self.state_dicts(raw), generator)
+            return torch.cat([params[n].flatten(1) for n in self.graph.param_names], dim=1)
+
+        return apply
 
     def loss(self, output: Tensor, batch: WeightBatch) -> Tensor:
         return F.cross_entropy(output, batch.target)

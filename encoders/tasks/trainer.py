@@ -37,7 +37,9 @@ CHECKPOINT, RESULTS = "checkpoint.pt", "results.json"
 @dataclass
 class FitConfig:
     """Training settings. ``hidden``/``layers``: model size; ``probes``: probe features (INR tasks,
-    ng-gnn/ng-t); ``patience``: epochs without validation improvement before stopping."""
+    ng-gnn/ng-t); ``patience``: epochs without validation improvement before stopping;
+    ``augment``: the task's training augmentations (``inr-classify``: see
+    :mod:`encoders.tasks.augment`; a task without any raises ``ValueError``)."""
 
     epochs: int = 50
     batch_size: int = 32
@@ -50,6 +52,7 @@ class FitConfig:
     probes: int = 0
     dropout: float = 0.0
     seed: int = 0
+    augment: bool = False
 
 
 @torch.no_grad()
@@ -120,6 +123,9 @@ def fit(task: str | WeightTask, encoder: str = "ng-gnn", zoo: str | os.PathLike 
         if zoo is None:
             raise ValueError("pass the zoo (folder or Zoo) with a task name")
         task = make_task(task, zoo if isinstance(zoo, Zoo) else load_zoo(zoo))
+    if config.augment and (encoder == "stats" or task.augmentation() is None):
+        raise ValueError(f"augment=True: task {task.name!r} with encoder {encoder!r} has no training augmentations "
+                         "(inr-classify with a trained encoder has)")
     folder = Path(out) if out is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -141,6 +147,8 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
     # epochs and patience may change between runs: a finished run can be extended
     settings = {"task": task.name, "encoder": encoder,
                 "config": {k: v for k, v in asdict(config).items() if k not in ("epochs", "patience")}}
+    if not config.augment:  # checkpoints from before augmentations existed stay resumable
+        settings["config"].pop("augment")
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "best_model": None, "history": [],
                              "seconds": 0.0}
     checkpoint = folder / CHECKPOINT if folder is not None else None
@@ -186,7 +194,8 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: WeightTask,
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     total, count = 0.0, 0
-    for batch in task.train.batches(config.batch_size, generator):
+    augment = task.augmentation() if config.augment else None
+    for batch in task.train.batches(config.batch_size, generator, augment):
         loss: Tensor = task.loss(model(batch, **task.model_inputs(batch)), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

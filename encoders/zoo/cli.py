@@ -136,6 +136,9 @@ def run_info(args: argparse.Namespace) -> int:
         psnr = sorted(p for p in data["psnr"] if p == p)
         if psnr:
             print(f"PSNR dB: median {psnr[len(psnr) // 2]:.2f}, min {psnr[0]:.2f}, max {psnr[-1]:.2f}")
+        stds = {k: f"{float(v.std()):.3f}" for k, v in zoo.stacked_params().items()}
+        print(f"parameter std per tensor: {stds} (the DWSNets MNIST zoo: weights 0.063 / 0.018 / 0.118, "
+              "biases 0.021 / 0.011 / 0.100)")
     else:
         print(f"{len(set(data['arch_id']))} architectures, {len(set(data['model_id']))} models, "
               f"checkpoints at epochs {sorted(set(data['epoch']))}")
