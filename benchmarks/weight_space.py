@@ -20,11 +20,15 @@ Sizes (CPU, 2 cores):
   full size the test split has 40 INRs, too few to tell encoders apart on classification; this size
   asks whether 10x the data lifts weight-only classification above chance on CPU (written to
   ``weight_space_classify``).
+* ``--size classify-dwsnets``: the same protocol on INRs fitted with the DWSNets zoo's recipe
+  (``encoders.zoo.inr_fit.RECIPES["dwsnets"]``: its init, Adam at 5e-4 for up to 1000 steps,
+  stopping at 40 dB) instead of 200 steps at 5e-3 (written to ``weight_space_classify_dwsnets``).
 * ``--quick``: 60 SIRENs on 8x8 digits (6 per class), 10 CNN architectures x 3 checkpoints, hidden 16, 2 layers,
   2 epochs, 1 seed (a smoke test, < 2 minutes; its numbers mean nothing).
 
     python -m benchmarks.weight_space                    # full
     python -m benchmarks.weight_space --size classify    # classification at 5000 INRs
+    python -m benchmarks.weight_space --size classify-dwsnets   # the same, INRs fitted with the DWSNets recipe
     python -m benchmarks.weight_space --quick            # CI
 """
 
@@ -49,6 +53,9 @@ SIZES: dict[str, dict[str, Any]] = {
     "classify": {"result": "weight_space_classify", "tasks": ("inr-classify",), "inr_source": "mnist5k",
                  "inr_images": 5000, "inr_steps": 200, "epochs": 25, "patience": 6, "batch_size": 64, "hidden": 32,
                  "layers": 3, "probes": 0, "seeds": 1},
+    "classify-dwsnets": {"result": "weight_space_classify_dwsnets", "tasks": ("inr-classify",),
+                         "inr_source": "mnist5k", "inr_images": 5000, "inr_recipe": "dwsnets", "epochs": 25,
+                         "patience": 6, "batch_size": 64, "hidden": 32, "layers": 3, "probes": 0, "seeds": 1},
     "quick": {"result": "weight_space", "tasks": ALL_TASKS, "inr_source": "digits", "inr_images": 60,
               "inr_steps": 100, "cnn_source": "digits", "cnn_archs": 10, "checkpoints": (0, 1, 2), "epochs": 2,
               "patience": 2, "batch_size": 32, "hidden": 16, "layers": 2, "probes": 4, "seeds": 1},
@@ -75,12 +82,16 @@ def make_zoos(size: dict[str, Any], cache: Path, workers: int) -> dict[str, Any]
     ``cache`` if absent)."""
     from encoders.zoo.cnn_zoo import make_cnn_zoo
     from encoders.zoo.images import load_images
-    from encoders.zoo.inr_fit import InrConfig
+    from encoders.zoo.inr_fit import RECIPES, InrConfig
     from encoders.zoo.inr_zoo import make_inr_zoo
 
-    inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_steps']}"
     images = balanced_subset(*load_images(size["inr_source"]), size["inr_images"])
-    config = InrConfig(steps=size["inr_steps"], batch_size=16, compile=False)  # batch size: the cached zoos'
+    if "inr_recipe" in size:  # a named fitting recipe (encoders.zoo.inr_fit.RECIPES)
+        inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_recipe']}"
+        config = InrConfig(**RECIPES[size["inr_recipe"]], batch_size=16)
+    else:
+        inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_steps']}"
+        config = InrConfig(steps=size["inr_steps"], batch_size=16, compile=False)  # batch size: the cached zoos'
     zoos = {"inr": make_inr_zoo(cache / inr_name, images, config=config, workers=workers)}
     if "generalization" in size["tasks"]:
         cnn_name = f"cnn-{size['cnn_source']}-{size['cnn_archs']}-{'_'.join(map(str, size['checkpoints']))}"
