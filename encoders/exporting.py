@@ -164,6 +164,15 @@ def _broadcast(act: _Act, ndim_in: int, shape_out: tuple[int, ...]) -> _Act:
     return _normalize(_Act(ids, dims)) if ids.shape != act.ids.shape else _Act(ids, dims)
 
 
+def _select(act: _Act, dim: int, index: int) -> _Act:
+    """The value after ``x.select(dim, index)``: a neuron dim picks one neuron, others drop out."""
+    ids, dims = act.ids, list(act.dims)
+    if dim in dims:
+        ids = ids.select(dims.index(dim), index)
+        dims.remove(dim)
+    return _Act(ids, tuple(d - (d > dim) for d in dims))
+
+
 def _unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """Distinct rows of ``x [R, d]`` in order of first appearance, and each row's index among them."""
     seen: dict[tuple[int, ...], int] = {}
@@ -488,14 +497,7 @@ class _ExportWalker:
 
     def op_select(self, node, args, kwargs):
         x, dim, index = args[0], args[1], args[2]
-        if not isinstance(x, _Act):
-            return x
-        dim %= len(_shape(node.args[0]))
-        ids, dims = x.ids, list(x.dims)
-        if dim in dims:
-            ids = ids.select(dims.index(dim), index)
-            dims.remove(dim)
-        return _Act(ids, tuple(d - (d > dim) for d in dims))
+        return _select(x, dim % len(_shape(node.args[0])), index) if isinstance(x, _Act) else x
 
     def op_slice(self, node, args, kwargs):
         x = args[0]
@@ -533,20 +535,9 @@ class _ExportWalker:
     op_chunk = op_split
 
     def op_unbind(self, node, args, kwargs):
-        x, dim = args[0], args[1] if len(args) > 1 else 0
+        x, dim = args[0], (args[1] if len(args) > 1 else 0) % len(_shape(node.args[0]))
         parts = self.split(node, x, dim, [1] * _shape(node.args[0])[dim])
-        return tuple(self.op_select_part(p, dim, node) for p in parts)
-
-    def op_select_part(self, part, dim, node):
-        if not isinstance(part, _Act):
-            return part
-        dim %= len(_shape(node.args[0]))
-        dims = list(part.dims)
-        ids = part.ids
-        if dim in dims:
-            ids = ids.select(dims.index(dim), 0)
-            dims.remove(dim)
-        return _Act(ids, tuple(d - (d > dim) for d in dims))
+        return tuple(_select(p, dim, 0) if isinstance(p, _Act) else p for p in parts)
 
     def op_cat(self, node, args, kwargs):
         parts = list(args[0])
