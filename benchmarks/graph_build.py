@@ -109,7 +109,7 @@ def _call(model: nn.Module, inputs: Any) -> torch.Tensor:
 
 def coverage_row(name: str) -> dict[str, Any]:
     from encoders import NeuralGraph, Role
-    from encoders.exporting import example_inputs_for
+    from encoders.exporting import example_inputs_for, is_hugging_face
     from encoders.symmetry import permute_edges, permute_nodes, random_hidden_permutation
 
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def coverage_row(name: str) -> dict[str, Any]:
         for pname, p in model.named_parameters():
             is_scale = p.dim() == 1 and pname.endswith("weight") and ("norm" in pname or "ln" in pname)
             p.normal_(1.0 if is_scale else 0.0, 0.3)
-    hugging_face = example_inputs_for(model) is not None
+    hugging_face = is_hugging_face(model)
     inputs = example_inputs_for(model) if hugging_face else (torch.randn(INPUTS[name], dtype=torch.float64),)
     row: dict[str, Any] = {"model": name, "parameters": sum(p.numel() for p in model.parameters())}
     start = time.perf_counter()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from encoders.builder import GraphBuilder, ParamsLike, named_tensors
 from encoders.chaining import chain_parameters
-from encoders.exporting import example_inputs_for, trace_exported
+from encoders.exporting import is_hugging_face, trace_exported
 from encoders.graph import NeuralGraph, register_constructor
 from encoders.tracing import trace_module
 
@@ -40,7 +40,7 @@ def trace(
     ``torch.export``, with inputs built from their config when none are given."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"from_module expects an nn.Module, got {type(model).__name__}")
-    if example_inputs_for(model) is not None:
+    if is_hugging_face(model):
         return trace_exported(model, example_inputs)
     try:
         return trace_module(model)

@@ -133,19 +133,20 @@ class _EdgeGroup:
             block[1].copy_(self.dst)
 
 
+def _one_number(values: Tensor) -> bool:
+    """Whether ``values`` is one number expanded (a placement's constant channel)."""
+    return all(s == 0 for s in values.stride())
+
+
 def _largest(values: Tensor) -> int:
     """``values.max()``, without reading every element of an expanded number."""
-    if all(s == 0 for s in values.stride()):
-        return int(values.reshape(-1)[0])
-    return int(values.max())
+    return int(values.reshape(-1)[0]) if _one_number(values) else int(values.max())
 
 
 def _compact(values: Tensor, rows: int, cols: int) -> Tensor:
     """``values`` (broadcast to a parameter's shape) as ``[1, 1]`` if it is one expanded number,
     else as ``[rows, cols]``."""
-    if all(s == 0 for s in values.stride()):
-        return values.reshape(-1)[:1].view(1, 1)
-    return values.reshape(rows, cols)
+    return values.reshape(-1)[:1].view(1, 1) if _one_number(values) else values.reshape(rows, cols)
 
 
 def _strided_ends(group: _EdgeGroup, entity: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor] | None:
@@ -191,7 +192,7 @@ class GraphBuilder:
         self._edges: list[_EdgeGroup] = []
         self._num_edges = 0
         self._grids: dict[int, _EdgeGroup] = {}  # storage of each biclique's id grid -> its group
-        self._placements: list[_Placement] = []
+        self._placements: dict[str, _Placement] = {}
         self._unit_parent: list[int] = []  # union-find over units
         self._unit_fixed: list[bool] = []
         self._unit_block: list[int] = []
@@ -264,11 +265,12 @@ class GraphBuilder:
         """Make every row of ``node_ids [heads, head_dim]`` (nodes of one block) its own unit: the
         neurons of one attention head, which a symmetry may reorder within the head only. They get
         the attention role and ``node_head`` = row index."""
+        index = self.block_of(node_ids)
         block, local = self._where(node_ids)
         local = local.reshape(node_ids.shape)
         fixed = any(self._unit_fixed[self._find(int(u))] for u in block["unit"][local.reshape(-1)].unique())
         for head, row in enumerate(local):
-            block["unit"][row] = self._new_unit(self.block_of(node_ids), fixed)
+            block["unit"][row] = self._new_unit(index, fixed)
             block["head"][row] = head
             block["attention"][row] = True
 
@@ -370,19 +372,15 @@ class GraphBuilder:
             position = torch.arange(prod(k)).reshape(k).expand(shape)
         elif position is None:
             position = torch.zeros((), dtype=torch.long).expand(shape)
-        self._placements.append(
-            _Placement(name, shape, on_edge, entity, channel, position.expand(shape), layout)
-        )
+        if name in self._placements:
+            raise ValueError(f"parameter {name!r} was placed twice")
+        self._placements[name] = _Placement(name, shape, on_edge, entity, channel, position.expand(shape), layout)
 
     # ----------------------------------------------------------------- finish
-    def _placements_of(self, params: list[tuple[str, Tensor]]) -> dict[str, _Placement]:
-        by_name = {p.name: p for p in self._placements}
-        if len(by_name) != len(self._placements):
-            raise ValueError("a parameter was placed twice")
-        missing = [n for n, _ in params if n not in by_name]
+    def _check_placed(self, params: list[tuple[str, Tensor]]) -> None:
+        missing = [n for n, _ in params if n not in self._placements]
         if missing:
             raise RuntimeError(f"internal error: parameters without a place: {missing}")
-        return by_name
 
     def node_fields(self) -> dict[str, Tensor | int]:
         """Per-node metadata (``O(N)``): the ``node_*`` fields of a ``NeuralGraph``."""
@@ -439,7 +437,7 @@ class GraphBuilder:
         other placements element by element. Source and target are the element's node for node
         parameters, whose edge kind is -1.
         """
-        p = next(q for q in self._placements if q.name == name)
+        p = self._placements[name]
         channel = _compact(p.channel, rows, cols)
         if not p.on_edge:
             nodes = p.entity.reshape(rows, cols)
@@ -475,12 +473,13 @@ class GraphBuilder:
         per-element arrays are allocated once and filled in place: for a large model they are
         most of the memory and time.
         """
-        by_name = self._placements_of(params)
+        self._check_placed(params)
         kernel_grid = self._kernel_grid(kernel_grid)
-        spatial = max((p.layout[1][0] for p in self._placements if p.layout[0] == "spatial"), default=1)
+        spatial = max((p.layout[1][0] for p in self._placements.values() if p.layout[0] == "spatial"), default=1)
         slots = max(prod(kernel_grid), spatial, slots)
-        edge_channels = max([edge_channels, *(_largest(p.channel) + 1 for p in self._placements if p.on_edge)])
-        node_channels = max([node_channels, *(_largest(p.channel) + 1 for p in self._placements if not p.on_edge)])
+        placements = list(self._placements.values())
+        edge_channels = max([edge_channels, *(_largest(p.channel) + 1 for p in placements if p.on_edge)])
+        node_channels = max([node_channels, *(_largest(p.channel) + 1 for p in placements if not p.on_edge)])
 
         num_edges = self._num_edges
         edge_index = torch.empty(2, num_edges, dtype=torch.long)
@@ -496,12 +495,12 @@ class GraphBuilder:
             if g.kind in (EdgeKind.RESIDUAL, EdgeKind.GATE, EdgeKind.ATTENTION):  # no weight: a constant kernel
                 edge_base[g.start:g.start + g.size, centre] = 1.0
 
-        on_edge = sum(prod(p.shape) for p in self._placements if p.on_edge)
+        on_edge = sum(prod(p.shape) for p in self._placements.values() if p.on_edge)
         edge_pos, edge_slot = torch.empty(on_edge, dtype=torch.long), torch.empty(on_edge, dtype=torch.long)
         node_pos, node_slot = [], []
         offset = filled = 0
         for name, _ in params:
-            p = by_name[name]
+            p = self._placements[name]
             n = prod(p.shape)
             if p.on_edge:
                 torch.arange(offset, offset + n, out=edge_pos[filled:filled + n])
@@ -541,7 +540,7 @@ class GraphBuilder:
         }
 
     def _kernel_grid(self, minimum: tuple[int, ...]) -> tuple[int, ...]:
-        kernels = [minimum] + [p.layout[1] for p in self._placements if p.layout[0] == "kernel"]
+        kernels = [minimum] + [p.layout[1] for p in self._placements.values() if p.layout[0] == "kernel"]
         ndim = max((len(k) for k in kernels), default=0)
         grid = [1] * ndim
         for k in kernels:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from encoders.builder import GraphBuilder
 from encoders.templates import Layers
 
-__all__ = ["example_inputs_for", "trace_exported"]
+__all__ = ["example_inputs_for", "is_hugging_face", "trace_exported"]
 
 
 @dataclass
@@ -628,15 +628,10 @@ class _ExportWalker:
         if len(x.dims) != 1:
             raise ValueError(f"{where}: parameter {p.name} applied to activations indexed by several dims is not "
                              "supported")
-        ids = x.ids
-        if own == list(x.dims):  # one value per neuron
-            if op == "mul":  # a per-neuron scale: a normalization's gamma
-                return _Act(self.layers.norm(ids, p.name), x.dims)
-            self.layers.node_param(p.name, ids.view(shape))
-            return x
-        if op == "add" and x.dims[0] in own:  # a table of per-position values (learned positions)
-            table = self.layers.embedding(p.name, axis=x.dims[0] - (len(padded) - len(shape)))
-            return _Act(self.layers.residual(ids, table), x.dims)
+        if op == "mul" and own == list(x.dims):  # a per-neuron scale: a normalization's gamma
+            return _Act(self.layers.norm(x.ids, p.name), x.dims)
+        if op == "add" and x.dims[0] in own:  # a bias, or a table of learned positions
+            return _Act(self.layers.added(p.name, x.ids, axis=x.dims[0] - (len(padded) - len(shape))), x.dims)
         raise ValueError(f"{where}: parameter {p.name} of shape {shape} applied to activations is not supported")
 
     # ------------------------------------------------------------------ walk
@@ -671,7 +666,9 @@ class _ExportWalker:
         return env[a] if hasattr(a, "op") else a
 
 
-def _is_hugging_face(model: nn.Module) -> bool:
+def is_hugging_face(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face ``PreTrainedModel`` (it has a config, a main input and
+    dummy inputs), which is exported with inputs built from its config."""
     return all(hasattr(model, a) for a in ("config", "main_input_name", "dummy_inputs"))
 
 
@@ -681,7 +678,7 @@ def example_inputs_for(model: nn.Module) -> dict[str, Any] | None:
     Text models get their ``dummy_inputs`` (a few token ids); vision models a zero image of the
     configured size. Caches are turned off, since a cache object is not a tensor output.
     """
-    if not _is_hugging_face(model):
+    if not is_hugging_face(model):
         return None
     first = next(model.parameters(), torch.zeros(()))
     config = model.config
@@ -714,5 +711,5 @@ def trace_exported(
     except Exception as err:  # export raises many types; name the model in one clear error
         raise ValueError(f"torch.export cannot trace {type(model).__name__}: {type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
-    outputs = "first" if _is_hugging_face(model) else "all"
+    outputs = "first" if is_hugging_face(model) else "all"
     return _ExportWalker(model, program, outputs).run()

@@ -81,6 +81,23 @@ class Layers:
         self.place(name, on_edge=False, entity=nodes, channel=channel)
         self._next_channel[block] = channel + 1
 
+    def added(self, name: str, neurons: Tensor, axis: int = -1) -> Tensor:
+        """``x + p`` where ``p``'s ``axis`` runs over the neurons ``neurons [n]`` of ``x``; returns the
+        neurons that carry the sum.
+
+        If only that axis varies, ``p`` is a per-neuron parameter (a bias) on ``neurons``. If other
+        axes vary too, it is a table of per-position feature vectors (a learned position
+        embedding, :meth:`embedding`), whose neurons join ``x`` as a residual.
+        """
+        shape = self.model.get_parameter(name).shape
+        axis %= len(shape)
+        if shape[axis] != len(neurons):
+            raise ValueError(f"{name} of shape {tuple(shape)} is added to {len(neurons)} neurons along axis {axis}")
+        if all(size == 1 for a, size in enumerate(shape) if a != axis):
+            self.node_param(name, neurons.view(shape))
+            return neurons
+        return self.residual(neurons, self.embedding(name, axis=axis))
+
     def activation(self, nodes: Tensor, name: str) -> None:
         self.b.set_activation(nodes, name)
 

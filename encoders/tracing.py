@@ -239,16 +239,12 @@ class _Walker:
         return x  # a parameter-free module without a template: values pass through
 
     def added_parameter(self, x: _Neurons, name: str) -> _Neurons:
-        """``x + p``: a bias over ``x``'s neurons, or a table of per-position feature vectors (a
-        learned position embedding), which joins ``x`` as a residual; anything else stays unplaced
-        (its own component)."""
+        """``x + p`` with ``p``'s last axis over ``x``'s features (:meth:`Layers.added`); anything
+        else stays unplaced (its own component)."""
         shape = self.model.get_parameter(name).shape
         if x.is_map or not shape or shape[-1] != len(x.ids):
             return x
-        if len(shape) == 1:
-            self.layers.node_param(name, x.ids)
-            return x
-        return x.like(ids=self.layers.residual(x.ids, self.layers.embedding(name)))
+        return x.like(ids=self.layers.added(name, x.ids))
 
     def activate(self, x: object, activation: str) -> object:
         if isinstance(x, _Neurons) and x.ids is not None:
