@@ -2,13 +2,17 @@
 
 Workloads: a batch of 2-32-32-1 SIRENs (one architecture) and a batch of small CNNs of mixed
 architectures (2-3 conv layers, 4-16 channels, 3x3/5x5 kernels, global pooling, linear head).
+Paths: ``sparse`` (PyG batch, any architectures), ``dense`` (:mod:`encoders.dense`, one
+architecture per batch, so SIRENs only) and ``compiled`` (the dense path through
+``torch.compile``; its first-call compile time is reported). Speedups are against the sparse
+path of the same encoder, measured in the same run.
 Each (encoder, workload, device) runs in a fresh process. CPU peak memory is that process's peak
 RSS growth during forward+backward over its state after building the model and the batch
 (``resource.ru_maxrss``; the whole process's peak is reported too); on CUDA it is
 ``torch.cuda.max_memory_allocated``. Timings are medians over repeats.
 
     python -m benchmarks.encoders_throughput            # full: batch 128, 5 repeats
-    python -m benchmarks.encoders_throughput --quick    # < 1 minute (batch 32, SIRENs only)
+    python -m benchmarks.encoders_throughput --quick    # a few minutes (batch 32, SIRENs only)
     python -m benchmarks.encoders_throughput --figure docs/images/encoders_throughput.png
     python -m benchmarks.encoders_throughput --device cuda   # the GPU alone: results named encoders_throughput_cuda
 
@@ -33,6 +37,7 @@ from torch_geometric.data import Batch  # noqa: E402
 
 from benchmarks.common import command_line, free_cores, run_isolated, write_results  # noqa: E402
 from encoders import NGGNN, NeuralGraph, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms  # noqa: E402
+from encoders.dense import DenseGraphs  # noqa: E402
 from encoders.zoo.siren import Sine  # noqa: E402
 
 # (name, encoder class, config options): hidden 32, 4 layers, as the reference figures
@@ -42,6 +47,7 @@ ENCODERS = {
     "NG-T sparse": (NGTransformer, NGTransformerConfig, {"attention": "sparse"}),
     "NG-T dense": (NGTransformer, NGTransformerConfig, {"attention": "dense"}),
 }
+PATHS = ("sparse", "dense", "compiled")
 # reference implementation, 2-core CPU, batch 128 of 2-32-32-1 SIRENs (REFERENCES.md section 2)
 REFERENCE = {"NG-GNN": {"graphs_per_s": 14.0, "peak_mb": 2750.0}, "NG-T": {"graphs_per_s": 4.7, "peak_mb": 13800.0}}
 
@@ -68,8 +74,8 @@ def make_graphs(workload: str, batch: int) -> list[NeuralGraph]:
     return [NeuralGraph.from_module(small_cnn(gen), kernel_grid=(5, 5)) for _ in range(batch)]
 
 
-def measure(encoder: str, workload: str, device: str, batch: int, repeats: int) -> dict:
-    """Forward+backward throughput and peak memory of one encoder; run it in a fresh process."""
+def measure(encoder: str, workload: str, device: str, batch: int, repeats: int, path: str = "sparse") -> dict:
+    """Forward+backward throughput and peak memory of one encoder on one path; run it in a fresh process."""
     torch.manual_seed(0)
     graphs = make_graphs(workload, batch)
     data = Batch.from_data_list([g.to_pyg() for g in graphs]).to(device)
@@ -77,6 +83,10 @@ def measure(encoder: str, workload: str, device: str, batch: int, repeats: int) 
     config = config_cls(node_features=data.x.shape[1], edge_features=data.edge_attr.shape[1], hidden=32, layers=4,
                         **options)
     model = (cls(config, degree_histograms(graphs)) if cls is NGGNN else cls(config)).to(device)
+    if path != "sparse":
+        data = DenseGraphs.from_flat(graphs[0], torch.stack([g.to_flat() for g in graphs]).to(device))
+    if path == "compiled":
+        model.compile_dense()
 
     def step() -> None:
         x, e = model(data)
@@ -85,7 +95,9 @@ def measure(encoder: str, workload: str, device: str, batch: int, repeats: int) 
             torch.cuda.synchronize()
 
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, after building everything
-    step()  # warm-up
+    start = time.perf_counter()
+    step()  # warm-up (and the compile)
+    first_s = time.perf_counter() - start
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -98,21 +110,33 @@ def measure(encoder: str, workload: str, device: str, batch: int, repeats: int) 
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else (rss_peak - rss_ready) / 1024
     median = statistics.median(times)
     return {
-        "encoder": encoder, "workload": workload, "device": device, "batch": batch, "repeats": repeats,
+        "encoder": encoder, "workload": workload, "path": path, "device": device, "batch": batch, "repeats": repeats,
+        "first_call_s": first_s,
         "nodes": data.num_nodes, "edges": data.num_edges, "params": sum(p.numel() for p in model.parameters()),
         "median_s": median, "graphs_per_s": batch / median, "peak_mb": peak_mb, "process_peak_mb": rss_peak / 1024,
     }
 
 
+def speedup(result: dict, results: list[dict]) -> float | None:
+    """Graphs/s over the sparse path's for the same encoder, workload and device (None without one)."""
+    for r in results:
+        if r["path"] == "sparse" and all(r[k] == result[k] for k in ("encoder", "workload", "device")):
+            return result["graphs_per_s"] / r["graphs_per_s"]
+    return None
+
+
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| encoder | workload | device | batch | nodes | edges | params | median s/batch | graphs/s | peak MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| encoder | workload | path | device | batch | nodes | edges | params | median s/batch | graphs/s "
+        "| x sparse | first call s | peak MB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        ratio = speedup(r, results)
         lines.append(
-            f"| {r['encoder']} | {r['workload']} | {r['device']} | {r['batch']} | {r['nodes']} | {r['edges']} | "
-            f"{r['params']} | {r['median_s']:.3f} | {r['graphs_per_s']:.1f} | {r['peak_mb']:.0f} |"
+            f"| {r['encoder']} | {r['workload']} | {r['path']} | {r['device']} | {r['batch']} | {r['nodes']} | "
+            f"{r['edges']} | {r['params']} | {r['median_s']:.3f} | {r['graphs_per_s']:.1f} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} | {r['first_call_s']:.1f} | {r['peak_mb']:.0f} |"
         )
     lines += ["", "Reference implementation (2-core CPU, batch 128 of 2-32-32-1 SIRENs, hidden 32, 4 layers): "
               + "; ".join(f"{k} {v['graphs_per_s']} graphs/s, {v['peak_mb']:.0f} MB" for k, v in REFERENCE.items()),
@@ -124,9 +148,9 @@ def figure(results: list[dict], path: Path) -> None:
     """Throughput and peak memory on the SIREN workload (first device), reference figures as ticks."""
     rows = [r for r in results if r["workload"] == "siren"]
     rows = [r for r in rows if r["device"] == rows[0]["device"]]
-    names = [r["encoder"] for r in rows]
+    names = [f"{r['encoder']} ({r['path']})" for r in rows]
     refs = [REFERENCE["NG-GNN" if name.startswith("NG-GNN") else "NG-T"] for name in names]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 2.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 1.2 + 0.35 * len(rows)), sharey=True)
     panels = [("graphs_per_s", 1.0, "graphs/s, forward+backward"), ("peak_mb", 1 / 1024, "peak memory (GB)")]
     for ax, (key, scale, label) in zip(axes, panels):
         ax.barh(names, [r[key] * scale for r in rows], color="tab:blue", label="l2o encoders")
@@ -151,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores not busy "
                         "with other work, judged from the load average; at least 1)")
     parser.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
+                        help="dense paths run on the one-architecture (SIREN) workload only")
     parser.add_argument("--out", type=Path, default=None, help="default: results/<name>")
     parser.add_argument("--figure", type=Path, help="also write the throughput figure here")
     args = parser.parse_args(argv)
@@ -167,10 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         for workload in workloads:
             for encoder in args.encoders:
-                r = run_isolated(measure, encoder, workload, device, batch, repeats, threads=args.threads)
-                results.append(r)
-                print(f"{encoder:13s} {workload:6s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} s/batch, "
-                      f"{r['graphs_per_s']:8.1f} graphs/s, peak {r['peak_mb']:7.0f} MB", flush=True)
+                for path in [p for p in args.paths if p == "sparse" or workload == "siren"]:
+                    r = run_isolated(measure, encoder, workload, device, batch, repeats, path, threads=args.threads)
+                    results.append(r)
+                    print(f"{encoder:13s} {workload:6s} {path:8s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} "
+                          f"s/batch, {r['graphs_per_s']:8.1f} graphs/s, peak {r['peak_mb']:7.0f} MB", flush=True)
     write_results(args.out, name, {"threads": args.threads, "reference": REFERENCE,
                                                     "results": results}, markdown(results))
     figure(results, args.out / "throughput.png")

@@ -3,11 +3,13 @@
 # encoders.build registers NeuralGraph.from_module / from_parameters (graph.py imports no tracer)
 import encoders.build  # noqa: F401
 from encoders.builder import ACTIVATIONS, EdgeKind, Role
+from encoders.dense import DenseGraphs, dense_layout
 from encoders.graph import NeuralGraph
 from encoders.models import NGGNN, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms
 from encoders.readouts import GraphReadout, NodeEdgeHead, unbatch_features
 
 __all__ = [
-    "ACTIVATIONS", "EdgeKind", "GraphReadout", "NGGNN", "NGGNNConfig", "NGTransformer", "NGTransformerConfig",
-    "NeuralGraph", "NodeEdgeHead", "Role", "degree_histograms", "unbatch_features",
+    "ACTIVATIONS", "DenseGraphs", "EdgeKind", "GraphReadout", "NGGNN", "NGGNNConfig", "NGTransformer",
+    "NGTransformerConfig", "NeuralGraph", "NodeEdgeHead", "Role", "degree_histograms", "dense_layout",
+    "unbatch_features",
 ]

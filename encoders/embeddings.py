@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from encoders.builder import ACTIVATIONS, EdgeKind, Role
+from encoders.dense import DenseGraphs
 
 __all__ = ["FourierFeatures", "InputEncoding", "NodeEmbedding", "node_batch"]
 
@@ -120,9 +121,12 @@ class InputEncoding(nn.Module):
         self.nodes = NodeEmbedding(hidden, max_inputs, max_outputs, max_depth, max_heads)
         self.edge_kind = nn.Embedding(len(EdgeKind), hidden)
 
-    def forward(self, data: Data) -> tuple[Tensor, Tensor]:
+    def forward(self, data: Data | DenseGraphs) -> tuple[Tensor, Tensor]:
+        """PyG ``data`` -> ``(x [N, hidden], e [E, hidden])``; :class:`~encoders.dense.DenseGraphs`
+        -> ``(x [B, N, hidden], e [B, E, hidden])`` (metadata shared by the batch, embedded once)."""
+        meta = data.layout if isinstance(data, DenseGraphs) else data
         x = self.node_values(data.x) + self.nodes(
-            data.node_role, data.node_index, data.node_depth, data.node_activation, data.node_head
+            meta.node_role, meta.node_index, meta.node_depth, meta.node_activation, meta.node_head
         )
-        e = self.edge_values(data.edge_attr) + self.edge_kind(data.edge_kind)
+        e = self.edge_values(data.edge_attr) + self.edge_kind(meta.edge_kind)
         return x, e

@@ -13,14 +13,16 @@ not depend on the other graphs of its batch. Readout heads are in :mod:`encoders
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import degree
 
+from encoders.dense import DenseGraphs, DenseLayout
 from encoders.embeddings import InputEncoding, node_batch
 from encoders.layers.film_pna import AGGREGATORS, SCALERS, mean_log_degree
 from encoders.layers.gnn_layer import FILMS, NGGNNLayer
@@ -147,14 +149,34 @@ class NeuralGraphEncoder(nn.Module):
         )
         self.probes = ProbeFeatures(config.probes, config.probe_dim, config.hidden) if config.probes else None
         self.layers = nn.ModuleList(layers)
+        self._compiled: Callable | None = None
+
+    def dense_layers(self, x: Tensor, e: Tensor, layout: DenseLayout) -> tuple[Tensor, Tensor]:
+        """Every layer's dense path: ``x [B, N, d]``, ``e [B, E, d]`` -> the same shapes."""
+        for layer in self.layers:
+            x, e = layer.forward_dense(x, e, layout)
+        return x, e
+
+    def compile_dense(self, **options: Any) -> None:
+        """Run the dense path's layer stack through ``torch.compile(**options)`` from now on.
+
+        Inductor fuses each layer's broadcasts and reductions into a few loops; the compile
+        (under a minute on two cores) happens at the first dense call and again for a new
+        architecture or batch size. The input encoding and the sparse path stay eager.
+        """
+        self._compiled = torch.compile(self.dense_layers, **options)
 
     def forward(
-        self, data: Data, probe_net: nn.Sequential | None = None, probe_params: Mapping[str, Tensor] | None = None
+        self, data: Data | DenseGraphs, probe_net: nn.Sequential | None = None,
+        probe_params: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Node and edge embeddings ``(x [N, hidden], e [E, hidden])`` of a PyG ``Batch`` (or ``Data``).
 
-        With probe features enabled, ``probe_net`` (the MLP architecture of all graphs in the batch)
-        and ``probe_params`` (``{name: [B, *shape]}``, graph ``b`` holding network ``b``) are required.
+        Given :class:`~encoders.dense.DenseGraphs` (``B`` graphs of one architecture), runs every
+        layer's dense path and returns ``(x [B, N, hidden], e [B, E, hidden])``: the same values,
+        faster. With probe features enabled, ``probe_net`` (the MLP architecture of all graphs in
+        the batch) and ``probe_params`` (``{name: [B, *shape]}``, graph ``b`` holding network ``b``)
+        are required.
         """
         x, e = self.embed(data)
         if self.probes is not None:
@@ -164,6 +186,8 @@ class NeuralGraphEncoder(nn.Module):
             x = x + self.probes(data, probe_net, probe_params)
         elif probe_net is not None or probe_params is not None:
             raise ValueError("probe_net/probe_params were given but probe features are disabled (config.probes == 0)")
+        if isinstance(data, DenseGraphs):
+            return (self._compiled or self.dense_layers)(x, e, data.layout)
         batch = node_batch(data)
         for layer in self.layers:
             x, e = layer(x, data.edge_index, e, batch)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch_geometric.data import Data
 
+from encoders.dense import DenseGraphs
 from encoders.embeddings import node_batch
 
 __all__ = ["ProbeFeatures", "layer_activations"]
@@ -72,22 +73,27 @@ class ProbeFeatures(nn.Module):
         self.proj = nn.Linear(num_probes, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, data: Data, net: nn.Sequential, params: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, data: Data | DenseGraphs, net: nn.Sequential, params: Mapping[str, Tensor]) -> Tensor:
         return self.norm(self.proj(self.node_values(data, net, params)))
 
-    def node_values(self, data: Data, net: nn.Sequential, params: Mapping[str, Tensor]) -> Tensor:
-        """``[N, K]``: the probe activations of every node's neuron (row order of ``data``)."""
+    def node_values(self, data: Data | DenseGraphs, net: nn.Sequential, params: Mapping[str, Tensor]) -> Tensor:
+        """``[N, K]`` (PyG ``data``) or ``[B, N, K]`` (:class:`~encoders.dense.DenseGraphs`): the probe
+        activations of every node's neuron, in node order."""
         acts = layer_activations(net, params, self.probes)
-        batch = node_batch(data)
-        if int(batch.max()) + 1 != acts[0].shape[0]:
-            raise ValueError(f"the batch holds {int(batch.max()) + 1} graphs but the probe parameters "
-                             f"{acts[0].shape[0]} networks")
-        widths = torch.tensor([a.shape[-1] for a in acts], device=batch.device)
-        depth, index = data.node_depth, data.node_index
+        dense = isinstance(data, DenseGraphs)
+        meta = data.layout if dense else data
+        graphs = data.num_graphs if dense else int(node_batch(data).max()) + 1
+        if graphs != acts[0].shape[0]:
+            raise ValueError(f"the batch holds {graphs} graphs but the probe parameters {acts[0].shape[0]} networks")
+        widths = torch.tensor([a.shape[-1] for a in acts], device=meta.node_depth.device)
+        depth, index = meta.node_depth, meta.node_index
         if int(depth.max()) >= len(acts) or bool((index >= widths[depth.clamp(max=len(acts) - 1)]).any()):
             raise ValueError(
                 "the graphs do not match the probed network: every node needs a layer (node_depth) and a "
                 f"neuron (node_index) of the network; its layer widths are {widths.tolist()}"
             )
-        offsets = torch.cumsum(widths, 0) - widths
-        return torch.cat(acts, dim=-1)[batch, :, offsets[depth] + index]  # [B, K, sum n_l] -> [N, K]
+        column = (torch.cumsum(widths, 0) - widths)[depth] + index
+        acts = torch.cat(acts, dim=-1)  # [B, K, sum n_l]
+        if dense:
+            return acts[:, :, column].transpose(1, 2)
+        return acts[node_batch(data), :, column]  # [N, K]

@@ -15,6 +15,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import scatter, unbatch
 
 from encoders.builder import Role
+from encoders.dense import DenseLayout
 from encoders.embeddings import node_batch
 from encoders.layers.edge_mlp import EdgeMLP
 
@@ -54,6 +55,20 @@ class GraphReadout(nn.Module):
         pooled = [scatter(x[hidden], batch[hidden], dim=0, dim_size=num_graphs, reduce=r) for r in ("mean", "max")]
         return self.mlp(torch.cat([outputs, *pooled], dim=-1))
 
+    def forward_dense(self, x: Tensor, layout: DenseLayout) -> Tensor:
+        """The same readout of a same-architecture batch: ``x [B, N, hidden]`` -> ``[B, out_features]``."""
+        role, index = layout.node_role, layout.node_index
+        is_out = role == Role.OUTPUT
+        outputs = x.new_zeros(x.shape[0], self.max_outputs, x.shape[-1])
+        if is_out.any():
+            if int(index[is_out].max()) >= self.max_outputs:
+                raise ValueError(f"a graph has {int(index[is_out].max()) + 1} output neurons; the readout holds "
+                                 f"max_outputs={self.max_outputs}")
+            outputs = outputs.index_copy(1, index[is_out], x[:, is_out])
+        hidden = x[:, (role != Role.INPUT) & ~is_out]
+        pooled = [hidden.mean(1), hidden.amax(1)] if hidden.shape[1] else [x.new_zeros(x.shape[0], x.shape[-1])] * 2
+        return self.mlp(torch.cat([outputs.flatten(1), *pooled], dim=-1))
+
 
 class NodeEdgeHead(nn.Module):
     """Equivariant head: node and edge embeddings -> node and edge features.
@@ -72,6 +87,10 @@ class NodeEdgeHead(nn.Module):
 
     def forward(self, x: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         return self.scale * self.node(x), self.scale * self.edge(x, edge_index, e)
+
+    def forward_dense(self, x: Tensor, e: Tensor, layout: DenseLayout) -> tuple[Tensor, Tensor]:
+        """The same head on a same-architecture batch: ``x [B, N, hidden]``, ``e [B, E, hidden]``."""
+        return self.scale * self.node(x), self.scale * self.edge.forward_dense(x, e, layout)
 
 
 def unbatch_features(data: Data, x: Tensor, edge_attr: Tensor) -> list[tuple[Tensor, Tensor]]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+
+from encoders.dense import DenseLayout
 
 __all__ = ["EdgeMLP"]
 
@@ -27,3 +30,11 @@ class EdgeMLP(nn.Module):
         src, dst = edge_index
         h = self.edge(e) + self.source(x)[src] + self.target(x)[dst]
         return self.out(nn.functional.silu(h))
+
+    def forward_dense(self, x: Tensor, e: Tensor, layout: DenseLayout) -> Tensor:
+        """The same map on a same-architecture batch: ``x [B, N, channels]``, ``e [B, E, channels]``
+        -> ``[B, E, out_channels]``; end-node terms are broadcast over each block, not gathered."""
+        h, source, target = self.edge(e), self.source(x), self.target(x)
+        blocks = [h_b + source[:, None, block.src] + target[:, block.dst, None]
+                  for block, h_b in zip(layout.blocks, layout.split(h))]
+        return self.out(nn.functional.silu(torch.cat([b.flatten(1, 2) for b in blocks], dim=1)))

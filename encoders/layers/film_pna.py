@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import cumsum, segment
+
+from encoders.dense import DenseLayout
 
 __all__ = ["AGGREGATORS", "SCALERS", "FiLMPNAConv", "mean_log_degree"]
 
@@ -22,6 +25,11 @@ def mean_log_degree(histogram: Tensor) -> float:
     histogram = histogram.double()
     return float((torch.log(torch.arange(len(histogram), dtype=torch.double) + 1) * histogram).sum()
                  / histogram.sum())
+
+
+def _reduce_axis(values: Tensor, how: str, axis: int) -> Tensor:
+    """``values`` reduced over ``axis`` by ``how``: "sum", "min" or "max"."""
+    return {"sum": torch.sum, "min": torch.amin, "max": torch.amax}[how](values, dim=axis)
 
 
 class FiLMPNAConv(MessagePassing):
@@ -84,20 +92,45 @@ class FiLMPNAConv(MessagePassing):
         if index.numel() > 1 and not bool((index[1:] >= index[:-1]).all()):
             index, order = index.sort(stable=True)
             inputs = inputs.index_select(0, order)
-        degree = torch.bincount(index, minlength=dim_size)
-        ptr = cumsum(degree)
-        count = degree.clamp(min=1).unsqueeze(-1).to(inputs.dtype)
+        degree = torch.bincount(index, minlength=dim_size).unsqueeze(-1)
+        ptr = cumsum(degree.squeeze(-1))
+        return self._pna(lambda values, reduce: segment(values, ptr, reduce=reduce), inputs, degree)
+
+    def forward_dense(self, x: Tensor, gamma: Tensor, beta: Tensor, layout: DenseLayout) -> Tensor:
+        """The same aggregation on a same-architecture batch (:mod:`encoders.dense`).
+
+        Each block's messages are ``[B, D, S, channels]`` by broadcasting (no gathers); the
+        aggregating node's neighbours lie along one axis, reduced directly. Shapes: ``x [B, N,
+        channels]``, ``gamma, beta [B, E, channels]`` -> ``[B, N, out_channels]``.
+        """
+        target, source = self.target(x), self.source(x)
+        incoming = self.flow == "source_to_target"
+        pieces = []
+        for block, gamma_b, beta_b in zip(layout.blocks, layout.split(gamma), layout.split(beta)):
+            if incoming:  # aggregating node i = target (axis 1), neighbour j = source (axis 2)
+                node, axis, mixed = block.dst, 2, target[:, block.dst, None] + source[:, None, block.src]
+            else:  # aggregating node i = source (axis 2), neighbour j = target (axis 1)
+                node, axis, mixed = block.src, 1, target[:, None, block.src] + source[:, block.dst, None]
+            messages = torch.addcmul(beta_b, gamma_b, mixed)
+            degree = messages.new_full((1, 1, 1), messages.shape[axis])
+            pieces.append((node, self._pna(partial(_reduce_axis, axis=axis), messages, degree)))
+        return layout.gather_nodes(pieces)
+
+    def _pna(self, reduce: Callable[[Tensor, str], Tensor], inputs: Tensor, degree: Tensor) -> Tensor:
+        """Aggregators and scalers from ``reduce(values, "sum" | "min" | "max")`` over each node's
+        messages; ``degree`` (broadcastable to the reduced shape, with a trailing 1) counts them."""
+        count = degree.clamp(min=1).to(inputs.dtype)
         stats: dict[str, Tensor] = {}
         if {"mean", "std", "var", "sum"} & set(self.aggregators):
-            stats["sum"] = segment(inputs, ptr, reduce="sum")
+            stats["sum"] = reduce(inputs, "sum")
             stats["mean"] = stats["sum"] / count
         if {"std", "var"} & set(self.aggregators):
-            stats["var"] = (segment(inputs * inputs, ptr, reduce="sum") / count - stats["mean"].square()).clamp(min=0)
+            stats["var"] = (reduce(inputs * inputs, "sum") / count - stats["mean"].square()).clamp(min=0)
             stats["std"] = (stats["var"] + _STD_EPS).sqrt() - math.sqrt(_STD_EPS)
-        for reduce in {"min", "max"} & set(self.aggregators):
-            stats[reduce] = segment(inputs, ptr, reduce=reduce)
+        for how in {"min", "max"} & set(self.aggregators):
+            stats[how] = reduce(inputs, how)
         out = torch.cat([stats[a] for a in self.aggregators], dim=-1)
-        log_degree = torch.log(degree.unsqueeze(-1).to(out.dtype) + 1)
+        log_degree = torch.log(degree.to(out.dtype) + 1)
         scale = {
             "identity": None,
             "amplification": log_degree / self.avg_log_degree,

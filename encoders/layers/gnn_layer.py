@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from encoders.dense import DenseLayout
 from encoders.layers.edge_mlp import EdgeMLP
 from encoders.layers.film_pna import FiLMPNAConv
 from encoders.layers.norm import Norm
@@ -67,10 +68,10 @@ class NGGNNLayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def modulation(self, e: Tensor) -> tuple[Tensor, ...]:
-        """``e [E, d]`` -> ``(gamma_in, beta_in, gamma_out, beta_out)``, each ``[E, d]``."""
+        """``e [..., d]`` -> ``(gamma_in, beta_in, gamma_out, beta_out)``, each ``[..., d]``."""
         if self.film_kind == "linear":
             return self.film(e).chunk(4, dim=-1)
-        return torch.addcmul(self.film_bias, e.unsqueeze(1), self.film_weight).unbind(1)
+        return torch.addcmul(self.film_bias, e.unsqueeze(-2), self.film_weight).unbind(-2)
 
     def forward(self, x: Tensor, edge_index: Tensor, e: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
         gamma_in, beta_in, gamma_out, beta_out = self.modulation(e)
@@ -80,4 +81,15 @@ class NGGNNLayer(nn.Module):
         x = x + self.dropout(nn.functional.silu(self.norm(h, batch)))
         if self.edge_mlp is not None:
             e = e + self.dropout(self.edge_norm(self.edge_mlp(x, edge_index, e), batch[edge_index[0]]))
+        return x, e
+
+    def forward_dense(self, x: Tensor, e: Tensor, layout: DenseLayout) -> tuple[Tensor, Tensor]:
+        """The same layer on a same-architecture batch: ``x [B, N, d]``, ``e [B, E, d]`` -> same shapes."""
+        gamma_in, beta_in, gamma_out, beta_out = self.modulation(e)
+        a_in = self.incoming.forward_dense(x, gamma_in, beta_in, layout)
+        a_out = self.outgoing.forward_dense(x, gamma_out, beta_out, layout)
+        h = self.update(torch.cat([x, a_in, a_out], dim=-1))
+        x = x + self.dropout(nn.functional.silu(self.norm.forward_dense(h)))
+        if self.edge_mlp is not None:
+            e = e + self.dropout(self.edge_norm.forward_dense(self.edge_mlp.forward_dense(x, e, layout)))
         return x, e

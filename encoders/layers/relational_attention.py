@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, softmax, to_dense_adj, to_dense_batch
+
+from encoders.dense import DenseLayout
 
 __all__ = ["ATTENTION_MODES", "RelationalAttention"]
 
@@ -107,3 +110,68 @@ class RelationalAttention(MessagePassing):
         out = scatter(w_pairs.unsqueeze(-1) * values, index, dim=0, dim_size=num_nodes, reduce="sum") + rearrange(
             w_unlinked @ split(v_u), "b h n c -> b n h c")[mask]
         return rearrange(out / total.unsqueeze(-1), "n h c -> n (h c)")
+
+    def forward_dense(self, x: Tensor, e: Tensor, layout: DenseLayout) -> Tensor:
+        """The same attention on a same-architecture batch: ``x [B, N, d]``, ``e [B, E, d]`` -> ``[B, N, d]``.
+
+        Per block, forward pairs (query = target, keys along the source axis) and backward pairs
+        (query = source, keys along the target axis) are ``[B, D, S, heads]`` logits by
+        broadcasting; each query's softmax joins its blocks, its self pair and (``mode="dense"``)
+        its unlinked nodes through one shared maximum and sum. Dropout acts on the unnormalized
+        weights, the same in law as on the normalized ones.
+        """
+        split = lambda t: rearrange(t, "... (h c) -> ... h c", h=self.heads)  # noqa: E731
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        pe = self.pair(e)  # [B, E, 4d]
+
+        def pairs(queries: Tensor, keys: Tensor, values: Tensor, pair: Tensor) -> tuple[Tensor, Tensor]:
+            qe, ke, ve1, ve2 = pair.chunk(4, dim=-1)
+            logits = (split(queries + qe) * split(keys + ke)).sum(-1) * self.scale
+            return logits, split(torch.addcmul(ve2, values, ve1))
+
+        groups = []  # (logits, values, node range or None for all nodes, key axis or None for self pairs)
+        for block, pair in zip(layout.blocks, layout.split(pe)):  # pair [B, D, S, 4d]
+            at_dst, at_src = (slice(None), block.dst, None), (slice(None), None, block.src)
+            groups.append((*pairs(q[at_dst], k[at_src], v[at_src], pair + self.pair_bias[FORWARD]), block.dst, 2))
+            groups.append((*pairs(q[at_src], k[at_dst], v[at_dst], pair + self.pair_bias[BACKWARD]), block.src, 1))
+        self_logits, self_values = pairs(q, k, v, self.pair_bias[SELF])  # [B, N, H], [B, N, H, c]
+        unlinked = self._unlinked_dense(q, k, v, layout) if self.mode == "dense" else None
+
+        def per_node(make: Callable[[Tensor, Tensor, slice, int], Tensor], fill: float,
+                     join: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+            """``join`` of ``make(logits, values, nodes, axis)`` over the forward groups (one per
+            target node) and the backward groups (one per source node), as ``[B, N, ...]``."""
+            sides = []
+            for axis in (2, 1):
+                pieces = [(nodes, make(lg, val, nodes, ax)) for lg, val, nodes, ax in groups if ax == axis]
+                shape = pieces[0][1].shape[2:]
+                sides.append(layout.gather_nodes([(n, t.flatten(2)) for n, t in pieces], fill).unflatten(2, shape))
+            return join(*sides)
+
+        peak = torch.maximum(per_node(lambda lg, _, __, axis: lg.detach().amax(axis), float("-inf"), torch.maximum),
+                             self_logits.detach())
+        if unlinked is not None:
+            peak = torch.maximum(peak, rearrange(unlinked[0].detach().amax(-1), "b h n -> b n h"))
+
+        def weights(logits: Tensor, nodes: slice, axis: int) -> Tensor:
+            return torch.exp(logits - peak[:, nodes].unsqueeze(axis))
+
+        total = per_node(lambda lg, _, nodes, axis: weights(lg, nodes, axis).sum(axis), 0.0, torch.add)
+        w_self = torch.exp(self_logits - peak)
+        total = total + w_self
+        out = per_node(lambda lg, val, nodes, axis: (self.attn_dropout(weights(lg, nodes, axis)).unsqueeze(-1)
+                                                     * val).sum(axis), 0.0, torch.add)
+        out = out + self.attn_dropout(w_self).unsqueeze(-1) * self_values
+        if unlinked is not None:
+            logits, values = unlinked  # [B, H, N, N], [B, H, N, c]
+            w = torch.exp(logits - rearrange(peak, "b n h -> b h n 1"))
+            total = total + rearrange(w.sum(-1), "b h n -> b n h")
+            out = out + rearrange(self.attn_dropout(w) @ values, "b h n c -> b n h c")
+        return self.out(rearrange(out / total.unsqueeze(-1), "b n h c -> b n (h c)"))
+
+    def _unlinked_dense(self, q: Tensor, k: Tensor, v: Tensor, layout: DenseLayout) -> tuple[Tensor, Tensor]:
+        """Logits ``[B, H, N, N]`` (``-inf`` where linked) and values ``[B, H, N, c]`` of unlinked pairs."""
+        qe, ke, ve1, ve2 = self.pair_bias[UNLINKED].chunk(4)
+        split = lambda t: rearrange(t, "b n (h c) -> b h n c", h=self.heads)  # noqa: E731
+        logits = torch.einsum("bhic,bhjc->bhij", split(q + qe), split(k + ke)) * self.scale
+        return logits.masked_fill(layout.linked, float("-inf")), split(torch.addcmul(ve2, v, ve1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from encoders.dense import DenseLayout
 from encoders.layers.edge_mlp import EdgeMLP
 from encoders.layers.norm import Norm
 from encoders.layers.relational_attention import RelationalAttention
@@ -52,4 +53,12 @@ class NGTransformerLayer(nn.Module):
         x = self.norm_mlp(x + self.dropout(self.mlp(x)), batch)
         if self.edge_mlp is not None:
             e = self.edge_norm(e + self.dropout(self.edge_mlp(x, edge_index, e)), batch[edge_index[0]])
+        return x, e
+
+    def forward_dense(self, x: Tensor, e: Tensor, layout: DenseLayout) -> tuple[Tensor, Tensor]:
+        """The same layer on a same-architecture batch: ``x [B, N, d]``, ``e [B, E, d]`` -> same shapes."""
+        x = self.norm_attention.forward_dense(x + self.dropout(self.attention.forward_dense(x, e, layout)))
+        x = self.norm_mlp.forward_dense(x + self.dropout(self.mlp(x)))
+        if self.edge_mlp is not None:
+            e = self.edge_norm.forward_dense(e + self.dropout(self.edge_mlp.forward_dense(x, e, layout)))
         return x, e

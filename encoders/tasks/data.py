@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 
+from encoders.dense import DenseGraphs, dense_layout
 from encoders.graph import NeuralGraph
 from encoders.tasks.standardize import LayerStandardizer
 from encoders.zoo.cnn import build_cnn
@@ -76,16 +77,16 @@ Augmentation = Callable[[Tensor, torch.Generator | None], Tensor]
 """``augment(raw [B, P], generator) -> [B, P]``: new raw parameters for a training batch."""
 
 
-@dataclass
+@dataclass(eq=False)
 class WeightBatch:
     """A mini-batch of ``B`` networks.
 
-    ``graphs``: PyG batch of their neural graphs (standardized features); ``structures``: each
-    network's :class:`NeuralGraph`; ``raw``/``flat``: ``[B, P]`` raw and standardized parameters;
-    ``target``: the task's targets ``[B, ...]``; ``index``: ``[B]`` rows of the split.
+    ``structures``: each network's :class:`NeuralGraph`; ``raw``/``flat``: ``[B, P]`` raw and
+    standardized parameters; ``target``: the task's targets ``[B, ...]``; ``index``: ``[B]`` rows
+    of the split. The encoders' inputs are built on first use: :attr:`graphs` (a PyG batch, any
+    architectures) and :attr:`dense` (same-architecture batches only).
     """
 
-    graphs: Batch
     structures: list[NeuralGraph]
     raw: Tensor
     flat: Tensor
@@ -94,6 +95,25 @@ class WeightBatch:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @cached_property
+    def graphs(self) -> Batch:
+        """PyG batch of the neural graphs, with the standardized parameters as features."""
+        return Batch.from_data_list([g.to_pyg(*g.features(f[:g.num_params]))
+                                     for g, f in zip(self.structures, self.flat)])
+
+    @cached_property
+    def dense(self) -> DenseGraphs | None:
+        """The batch as :class:`~encoders.dense.DenseGraphs` when every network shares one
+        architecture with a dense layout (a zoo of MLPs or plain CNNs); ``None`` otherwise."""
+        first = self.structures[0]
+        if any(g is not first for g in self.structures):
+            return None
+        try:
+            dense_layout(first)
+        except ValueError:
+            return None
+        return DenseGraphs.from_flat(first, self.flat)
 
 
 class WeightSet:
@@ -116,15 +136,6 @@ class WeightSet:
             mask[i, :graph.num_params] = 1.0
         return mask
 
-    @cached_property
-    def data(self) -> list[Data]:
-        """PyG graphs with the standardized parameters as features (built once)."""
-        out = []
-        for graph, flat in zip(self.structures, self.flat):
-            x, edge_attr = graph.features(flat[:graph.num_params])
-            out.append(graph.to_pyg(x=x, edge_attr=edge_attr))
-        return out
-
     def __len__(self) -> int:
         return len(self.raw)
 
@@ -135,12 +146,10 @@ class WeightSet:
         rows = index.tolist()
         structures = [self.structures[i] for i in rows]
         if augment is None:
-            return WeightBatch(Batch.from_data_list([self.data[i] for i in rows]), structures, self.raw[index],
-                               self.flat[index], self.target[index], index)
+            return WeightBatch(structures, self.raw[index], self.flat[index], self.target[index], index)
         raw = augment(self.raw[index], generator)
         flat = self.standardizer(raw) * self._mask[index]
-        data = [g.to_pyg(*g.features(f[:g.num_params])) for g, f in zip(structures, flat)]
-        return WeightBatch(Batch.from_data_list(data), structures, raw, flat, self.target[index], index)
+        return WeightBatch(structures, raw, flat, self.target[index], index)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 augment: Augmentation | None = None) -> Iterator[WeightBatch]:

@@ -23,9 +23,17 @@ from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
 from encoders.builder import Role
+from encoders.dense import DenseLayout
 from encoders.embeddings import InputEncoding, node_batch
 from encoders.graph import NeuralGraph
-from encoders.models import NGGNN, NGGNNConfig, NGTransformer, NGTransformerConfig, degree_histograms
+from encoders.models import (
+    NGGNN,
+    NeuralGraphEncoder,
+    NGGNNConfig,
+    NGTransformer,
+    NGTransformerConfig,
+    degree_histograms,
+)
 from encoders.readouts import GraphReadout, NodeEdgeHead, unbatch_features
 from encoders.tasks.data import WeightBatch
 from encoders.tasks.tasks import WeightTask
@@ -63,12 +71,17 @@ class DeepSetsEncoder(nn.Module):
 
 
 class GraphModel(nn.Module):
-    """A neural-graph encoder with an invariant readout (``out_features``) or an edit head (``width``)."""
+    """A neural-graph encoder with an invariant readout (``out_features``) or an edit head (``width``).
+
+    NG-GNN and NG-T read a batch whose networks share one architecture through the encoders'
+    dense path (:mod:`encoders.dense`; the same values, several times faster) unless ``dense`` is
+    false; other batches, and DeepSets, go through the sparse PyG path.
+    """
 
     def __init__(self, encoder: nn.Module, hidden: int, out_features: int, max_outputs: int,
-                 edit_features: tuple[int, int] | None = None, width: int = 0) -> None:
+                 edit_features: tuple[int, int] | None = None, width: int = 0, dense: bool = True) -> None:
         super().__init__()
-        self.encoder, self.width = encoder, width
+        self.encoder, self.width, self.dense = encoder, width, dense
         if edit_features is None:
             self.readout: nn.Module = GraphReadout(hidden, out_features, max_outputs)
         else:
@@ -76,11 +89,14 @@ class GraphModel(nn.Module):
 
     def forward(self, batch: WeightBatch, probe_net: nn.Sequential | None = None,
                 probe_params: Mapping[str, Tensor] | None = None) -> Tensor:
-        data = batch.graphs
+        dense = batch.dense if self.dense and isinstance(self.encoder, NeuralGraphEncoder) else None
+        data = batch.graphs if dense is None else dense
         if getattr(self.encoder, "probes", None) is not None:
             x, e = self.encoder(data, probe_net=probe_net, probe_params=probe_params)
         else:
             x, e = self.encoder(data)
+        if dense is not None:
+            return self._dense_output(x, e, dense.layout, batch.structures[0])
         if isinstance(self.readout, GraphReadout):
             return self.readout(x, data)
         dx, de = self.readout(x, e, data.edge_index)
@@ -88,6 +104,13 @@ class GraphModel(nn.Module):
         for i, (graph, (gx, ge)) in enumerate(zip(batch.structures, unbatch_features(data, dx, de))):
             delta[i, :graph.num_params] = graph.to_flat(gx, ge)
         return delta
+
+    def _dense_output(self, x: Tensor, e: Tensor, layout: DenseLayout, graph: NeuralGraph) -> Tensor:
+        if isinstance(self.readout, GraphReadout):
+            return self.readout.forward_dense(x, layout)
+        dx, de = self.readout.forward_dense(x, e, layout)
+        delta = torch.func.vmap(graph.to_flat)(dx, de)
+        return nn.functional.pad(delta, (0, self.width - graph.num_params))
 
 
 class FlatMLP(nn.Module):
@@ -118,10 +141,11 @@ def _max_outputs(graphs: list[NeuralGraph]) -> int:
 
 
 def build_model(encoder: str, task: WeightTask, *, hidden: int = 32, layers: int = 4, probes: int = 0,
-                dropout: float = 0.0) -> nn.Module:
+                dropout: float = 0.0, dense: bool = True) -> nn.Module:
     """The model ``encoder`` (one of :data:`ENCODERS`) sized for ``task``'s zoo.
 
-    ``probes`` > 0 adds probe features to ``ng-gnn``/``ng-t`` (INR tasks only).
+    ``probes`` > 0 adds probe features to ``ng-gnn``/``ng-t`` (INR tasks only); ``dense``: see
+    :class:`GraphModel`.
     """
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose from {ENCODERS} (or 'stats')")
@@ -140,4 +164,4 @@ def build_model(encoder: str, task: WeightTask, *, hidden: int = 32, layers: int
     else:
         enc = DeepSetsEncoder(node_features, edge_features, hidden)
     edit = (node_features, edge_features) if task.edits else None
-    return GraphModel(enc, hidden, task.out_features, _max_outputs(graphs), edit, task.train.raw.shape[1])
+    return GraphModel(enc, hidden, task.out_features, _max_outputs(graphs), edit, task.train.raw.shape[1], dense)

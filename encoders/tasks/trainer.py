@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from encoders.models import NeuralGraphEncoder
 from encoders.tasks.models import build_model
 from encoders.tasks.stats import fit_stats_baseline
 from encoders.tasks.tasks import InrEditing, WeightTask, make_task
@@ -39,7 +40,14 @@ class FitConfig:
     """Training settings. ``hidden``/``layers``: model size; ``probes``: probe features (INR tasks,
     ng-gnn/ng-t); ``patience``: epochs without validation improvement before stopping;
     ``augment``: the task's training augmentations (``inr-classify``: see
-    :mod:`encoders.tasks.augment`; a task without any raises ``ValueError``)."""
+    :mod:`encoders.tasks.augment`; a task without any raises ``ValueError``); ``warmup``: steps
+    of linear learning-rate warm-up (the neural-graphs recipe uses 1000).
+
+    How to run, not what is learned (a run may resume with other values): ``sparse`` keeps NG-GNN
+    and NG-T on the sparse PyG path even for batches of one architecture (the dense path gives the
+    same values, faster; see :mod:`encoders.dense`); ``compile`` puts the dense path through
+    ``torch.compile`` (about a minute to compile, then roughly twice as fast on CPU).
+    """
 
     epochs: int = 50
     batch_size: int = 32
@@ -53,6 +61,9 @@ class FitConfig:
     dropout: float = 0.0
     seed: int = 0
     augment: bool = False
+    warmup: int = 0
+    sparse: bool = False
+    compile: bool = False
 
 
 @torch.no_grad()
@@ -142,13 +153,17 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
            progress: bool) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     model = build_model(encoder, task, hidden=config.hidden, layers=config.layers, probes=config.probes,
-                        dropout=config.dropout)
+                        dropout=config.dropout, dense=not config.sparse)
+    if config.compile and isinstance(getattr(model, "encoder", None), NeuralGraphEncoder):
+        model.encoder.compile_dense()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    # epochs and patience may change between runs: a finished run can be extended
-    settings = {"task": task.name, "encoder": encoder,
-                "config": {k: v for k, v in asdict(config).items() if k not in ("epochs", "patience")}}
-    if not config.augment:  # checkpoints from before augmentations existed stay resumable
-        settings["config"].pop("augment")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (config.warmup + 1)))
+    # epochs and patience may change between runs (a finished run can be extended), and so may how it runs
+    settings = {"task": task.name, "encoder": encoder, "config": {
+        k: v for k, v in asdict(config).items() if k not in ("epochs", "patience", "sparse", "compile")}}
+    for name in ("augment", "warmup"):  # checkpoints from before these options existed stay resumable
+        if not settings["config"][name]:
+            settings["config"].pop(name)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "best_model": None, "history": [],
                              "seconds": 0.0}
     checkpoint = folder / CHECKPOINT if folder is not None else None
@@ -159,13 +174,15 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
                              "use another folder or resume=False")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if "scheduler" in saved:
+            scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
         if "rng" in saved:  # older checkpoints lack it
             torch.set_rng_state(saved["rng"])
     bar = tqdm(total=config.epochs, initial=state["epoch"], desc=f"{task.name} {encoder}", disable=not progress)
     while state["epoch"] < config.epochs and state["epoch"] - state["best_epoch"] < config.patience:
         start = time.perf_counter()
-        losses = _epoch(model, optimizer, task, config, state["epoch"])
+        losses = _epoch(model, optimizer, scheduler, task, config, state["epoch"])
         score = evaluate(model, task, "val", config.batch_size)
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "loss": losses, f"val_{task.metric}": score})
@@ -175,7 +192,8 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
         state["seconds"] += time.perf_counter() - start
         if checkpoint is not None:
             _save(checkpoint, {"settings": settings, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "state": state,
+                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "state": state,
                                "rng": torch.get_rng_state()})
         bar.update(1)
         bar.set_postfix(loss=f"{losses:.4g}", val=f"{score:.4g}")
@@ -188,8 +206,8 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
     return _results(task, encoder, config, scores, extra)
 
 
-def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: WeightTask, config: FitConfig,
-           epoch: int) -> float:
+def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+           task: WeightTask, config: FitConfig, epoch: int) -> float:
     """One pass over the training split (order drawn from ``(seed, epoch)``, so resuming repeats it); mean loss."""
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
@@ -201,5 +219,6 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: WeightTask,
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        scheduler.step()
         total, count = total + loss.item() * len(batch), count + len(batch)
     return total / count

@@ -48,10 +48,11 @@ class EncoderWithHeads(nn.Module):
 
 
 def make_encoder(variant: str, graphs: list[NeuralGraph], **options) -> nn.Module:
-    """Encoder ``variant`` with hidden 16, 3 layers, seeded, for graphs of the shared layout."""
+    """Encoder ``variant`` (hidden 16, 3 layers unless ``options`` say otherwise), seeded, for graphs
+    of the shared layout."""
     cls, config_cls, defaults = VARIANTS[variant]
-    config = config_cls(node_features=NODE_FEATURES, edge_features=EDGE_FEATURES, hidden=HIDDEN, layers=3,
-                        **{**defaults, **options})
+    config = config_cls(node_features=NODE_FEATURES, edge_features=EDGE_FEATURES, hidden=HIDDEN,
+                        **{"layers": 3, **defaults, **options})
     torch.manual_seed(0)
     return cls(config, degree_histograms(graphs)) if cls is NGGNN else cls(config)
 

@@ -38,13 +38,22 @@ def test_interrupted_run_resumes(tasks: dict, tmp_path) -> None:
 
 
 def test_dropout_run_resumes_exactly(tasks: dict, tmp_path) -> None:
-    """The CPU random state travels in the checkpoint (as a byte tensor), so dropout masks repeat."""
+    """The CPU random state travels in the checkpoint (as a byte tensor), so dropout masks repeat;
+    so does the warm-up schedule, interrupted half-way."""
     task = tasks["inr-classify"]
-    settings = {**CONFIG, "dropout": 0.5}
+    settings = {**CONFIG, "dropout": 0.5, "warmup": 5}
     full = fit(task, "ng-gnn", config=FitConfig(epochs=3, patience=99, **settings), progress=False)
     fit(task, "ng-gnn", config=FitConfig(epochs=1, patience=99, **settings), out=tmp_path, progress=False)
     resumed = fit(task, "ng-gnn", config=FitConfig(epochs=3, patience=99, **settings), out=tmp_path, progress=False)
     assert resumed["history"] == full["history"]
+
+
+def test_warmup_starts_from_a_small_learning_rate(tasks: dict) -> None:
+    task = tasks["inr-classify"]
+    frozen = fit(task, "ng-gnn", config=FitConfig(epochs=2, patience=99, warmup=10**9, **CONFIG), progress=False)
+    moving = fit(task, "ng-gnn", config=FitConfig(epochs=2, patience=99, **CONFIG), progress=False)
+    assert frozen["history"][0]["loss"] == pytest.approx(frozen["history"][1]["loss"], rel=1e-5)
+    assert moving["history"][1]["loss"] != pytest.approx(moving["history"][0]["loss"], rel=1e-3)
 
 
 class Payload:
