@@ -23,12 +23,24 @@ Sizes (CPU, 2 cores):
 * ``--size classify-dwsnets``: the same protocol on INRs fitted with the DWSNets zoo's recipe
   (``encoders.zoo.inr_fit.RECIPES["dwsnets"]``: its init, Adam at 5e-4 for up to 1000 steps,
   stopping at 40 dB) instead of 200 steps at 5e-3 (written to ``weight_space_classify_dwsnets``).
+* ``--size classify-ng``: the DWSNets-recipe zoo with the neural-graphs training recipe: 150
+  epochs (patience 40), batch 64, AdamW 1e-3 with weight decay 5e-4 and a 500-step warm-up,
+  gradient clipping at 10, dropout 0.2, 4 layers, the INR augmentations of
+  :mod:`encoders.tasks.augment`, NG-GNN/NG-T on the compiled dense path (written to
+  ``weight_space_classify_ng``). Runs are independent and resumable, so ``--encoders`` can split
+  them across processes; a last call without it assembles the table from the finished runs.
+* ``--size generalization``: generalization prediction on a CNN zoo that spans the accuracy range
+  like the published ones: 96 architectures on scikit-learn's digits, each trained with sampled
+  optimizer, learning rate, weight decay, init scale, batch size, dropout and training share
+  (10/25/50/100 % of the images), checkpointed at epochs 0-32 (672 records, split by
+  architecture); 30 epochs, patience 8, 3 seeds (written to ``weight_space_generalization``).
 * ``--quick``: 60 SIRENs on 8x8 digits (6 per class), 10 CNN architectures x 3 checkpoints, hidden 16, 2 layers,
   2 epochs, 1 seed (a smoke test, < 2 minutes; its numbers mean nothing).
 
     python -m benchmarks.weight_space                    # full
     python -m benchmarks.weight_space --size classify    # classification at 5000 INRs
     python -m benchmarks.weight_space --size classify-dwsnets   # the same, INRs fitted with the DWSNets recipe
+    python -m benchmarks.weight_space --size classify-ng --encoders ng-gnn   # one encoder's runs
     python -m benchmarks.weight_space --quick            # CI
 """
 
@@ -56,6 +68,15 @@ SIZES: dict[str, dict[str, Any]] = {
     "classify-dwsnets": {"result": "weight_space_classify_dwsnets", "tasks": ("inr-classify",),
                          "inr_source": "mnist5k", "inr_images": 5000, "inr_recipe": "dwsnets", "epochs": 25,
                          "patience": 6, "batch_size": 64, "hidden": 32, "layers": 3, "probes": 0, "seeds": 1},
+    "classify-ng": {"result": "weight_space_classify_ng", "tasks": ("inr-classify",), "inr_source": "mnist5k",
+                    "inr_images": 5000, "inr_recipe": "dwsnets", "epochs": 150, "patience": 40, "batch_size": 64,
+                    "hidden": 32, "layers": 4, "probes": 0, "seeds": 1,
+                    "fit": {"lr": 1e-3, "weight_decay": 5e-4, "warmup": 500, "grad_clip": 10.0, "dropout": 0.2,
+                            "augment": True, "compile": True}},
+    "generalization": {"result": "weight_space_generalization", "tasks": ("generalization",),
+                       "cnn_source": "digits", "cnn_archs": 96, "checkpoints": (0, 1, 2, 4, 8, 16, 32),
+                       "train_fractions": (0.1, 0.25, 0.5, 1.0), "epochs": 30, "patience": 8, "batch_size": 32,
+                       "hidden": 32, "layers": 3, "probes": 0, "seeds": 3},
     "quick": {"result": "weight_space", "tasks": ALL_TASKS, "inr_source": "digits", "inr_images": 60,
               "inr_steps": 100, "cnn_source": "digits", "cnn_archs": 10, "checkpoints": (0, 1, 2), "epochs": 2,
               "patience": 2, "batch_size": 32, "hidden": 16, "layers": 2, "probes": 4, "seeds": 1},
@@ -85,37 +106,43 @@ def make_zoos(size: dict[str, Any], cache: Path, workers: int) -> dict[str, Any]
     from encoders.zoo.inr_fit import RECIPES, InrConfig
     from encoders.zoo.inr_zoo import make_inr_zoo
 
-    images = balanced_subset(*load_images(size["inr_source"]), size["inr_images"])
-    if "inr_recipe" in size:  # a named fitting recipe (encoders.zoo.inr_fit.RECIPES)
-        inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_recipe']}"
-        config = InrConfig(**RECIPES[size["inr_recipe"]], batch_size=16)
-    else:
-        inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_steps']}"
-        config = InrConfig(steps=size["inr_steps"], batch_size=16, compile=False)  # batch size: the cached zoos'
-    zoos = {"inr": make_inr_zoo(cache / inr_name, images, config=config, workers=workers)}
+    zoos = {}
+    if any(task.startswith("inr") for task in size["tasks"]):
+        images = balanced_subset(*load_images(size["inr_source"]), size["inr_images"])
+        if "inr_recipe" in size:  # a named fitting recipe (encoders.zoo.inr_fit.RECIPES)
+            inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_recipe']}"
+            config = InrConfig(**RECIPES[size["inr_recipe"]], batch_size=16)
+        else:
+            inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_steps']}"
+            config = InrConfig(steps=size["inr_steps"], batch_size=16, compile=False)  # batch size: the cached zoos'
+        zoos["inr"] = make_inr_zoo(cache / inr_name, images, config=config, workers=workers)
     if "generalization" in size["tasks"]:
+        fractions = size.get("train_fractions", (1.0,))
         cnn_name = f"cnn-{size['cnn_source']}-{size['cnn_archs']}-{'_'.join(map(str, size['checkpoints']))}"
+        if fractions != (1.0,):
+            cnn_name += "-fractions" + "_".join(map(str, fractions))
         zoos["cnn"] = make_cnn_zoo(cache / cnn_name, size["cnn_source"], architectures=size["cnn_archs"],
-                                   checkpoints=size["checkpoints"], workers=workers)
+                                   checkpoints=size["checkpoints"], train_fractions=fractions, workers=workers)
     return zoos
 
 
-def runs(size: dict[str, Any]) -> list[tuple[str, str, int]]:
-    """``(task, encoder, probes)`` of every row of the table."""
+def runs(size: dict[str, Any], encoders: tuple[str, ...] = ENCODERS) -> list[tuple[str, str, int]]:
+    """``(task, encoder, probes)`` of every row of the table (of ``encoders`` only)."""
     out = [("inr-classify", e, 0) for e in ENCODERS]
     if size["probes"]:
         out += [("inr-classify", e, size["probes"]) for e in ("ng-gnn", "ng-t")]
     out += [("inr-edit", e, 0) for e in ENCODERS if e != "stats"]
     out += [("generalization", e, 0) for e in ENCODERS]
-    return [r for r in out if r[0] in size["tasks"]]
+    return [r for r in out if r[0] in size["tasks"] and r[1] in encoders]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | encoder | metric | test (mean ± std) | seeds | params | s/run |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| task | encoder | metric | test (mean ± std) | seeds | params | epochs run | s/run |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        epochs = "-" if r.get("epochs") is None else f"{r['epochs']:.0f}"
         lines.append(f"| {r['task']} | {r['encoder']} | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
-                     f"{r['seeds']} | {r['parameters'] or '-'} | {r['seconds']:.0f} |")
+                     f"{r['seeds']} | {r['parameters'] or '-'} | {epochs} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -127,6 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: free cores)")
     parser.add_argument("--cache", type=Path, default=Path("runs/weight_space/zoos"), help="zoo folder cache")
     parser.add_argument("--out", type=Path, default=Path("results/weight_space"))
+    parser.add_argument("--encoders", nargs="+", choices=ENCODERS, default=None,
+                        help="run these encoders' rows only, without writing the table (to split the runs "
+                             "across processes; a last call without --encoders writes it)")
     args = parser.parse_args(argv)
     threads = args.threads or free_cores()
     torch.set_num_threads(threads)
@@ -142,14 +172,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     zoos = make_zoos(size, args.cache, workers=threads)
     tasks = {name: make_task(name, zoos["cnn" if name == "generalization" else "inr"]) for name in size["tasks"]}
     rows, all_runs = [], []
-    for task_name, encoder, probes in tqdm(runs(size), desc="weight-space runs"):
+    for task_name, encoder, probes in tqdm(runs(size, tuple(args.encoders or ENCODERS)), desc="weight-space runs"):
         results = []
         for seed in range(seeds):
+            options = dict(size.get("fit", {}))
+            if encoder == "stats":  # nothing to augment, compile or warm up
+                options = {}
             config = FitConfig(epochs=size["epochs"], patience=size["patience"], batch_size=size["batch_size"],
-                               hidden=size["hidden"], layers=size["layers"], probes=probes, seed=seed)
+                               hidden=size["hidden"], layers=size["layers"], probes=probes, seed=seed, **options)
             folder = args.out / "runs" / f"{task_name}-{encoder}-p{probes}-seed{seed}"  # resumable
-            result = fit(tasks[task_name], encoder, config=config, out=folder, progress=False)
-            result.pop("history", None)
+            result = fit(tasks[task_name], encoder, config=config, out=folder, progress=args.encoders is not None)
             results.append(result)
         metric = results[0]["metric"]
         values = [r[f"test_{metric}"] for r in results]
@@ -157,14 +189,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"task": task_name, "encoder": name, "metric": metric, "mean": float(np.mean(values)),
                      "std": float(np.std(values)), "seeds": seeds, "values": values,
                      "parameters": results[0].get("parameters"),
+                     "epochs": statistics.fmean(r["epochs"] for r in results) if "epochs" in results[0] else None,
                      "seconds": statistics.fmean(r["seconds"] for r in results)})
         all_runs += results
-    inr_task = next(t for t in tasks.values() if t.kind == "inr")
-    split = "/".join(str(len(inr_task.splits[s])) for s in ("train", "val", "test"))
-    zoo_notes = [f"{len(zoos['inr'])} INRs ({size['inr_source']}, train/val/test {split})"]
+    if args.encoders is not None:
+        return {"rows": rows, "runs": all_runs}
+    zoo_notes = []
+    inr_task = next((t for t in tasks.values() if t.kind == "inr"), None)
+    if inr_task is not None:
+        split = "/".join(str(len(inr_task.splits[s])) for s in ("train", "val", "test"))
+        zoo_notes.append(f"{len(zoos['inr'])} INRs ({size['inr_source']}, train/val/test {split})")
     if "cnn" in zoos:
+        accs = torch.tensor(zoos["cnn"].dataset["test_acc"])
+        low, mid, high = torch.quantile(accs, torch.tensor([0.1, 0.5, 0.9])).tolist()
         zoo_notes.append(f"{len(zoos['cnn'])} CNN checkpoints of {size['cnn_archs']} architectures "
-                         f"({size['cnn_source']})")
+                         f"({size['cnn_source']}; test accuracy median {mid:.2f}, 10th-90th percentile "
+                         f"{low:.2f}-{high:.2f})")
     notes = f"Zoos: {', '.join(zoo_notes)}."
     if "inr-edit" in tasks:
         notes += (f" INR editing: the unedited test INRs have pixel MSE {tasks['inr-edit'].unedited_mse('test'):.4f} "

@@ -65,6 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     cnn.add_argument("--architectures", type=int, default=16)
     cnn.add_argument("--models-per-arch", type=int, default=1)
     cnn.add_argument("--checkpoints", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16], help="epochs to record")
+    cnn.add_argument("--train-fractions", type=float, nargs="+", default=[1.0],
+                     help="each model trains on one of these shares of the training images (spreads accuracies)")
     cnn.add_argument("--test-fraction", type=float, default=0.2)
     cnn.add_argument("--shard-size", type=int, default=8, help="models per shard")
     cnn.set_defaults(handler=run_cnn)
@@ -103,7 +105,8 @@ def run_cnn(args: argparse.Namespace) -> int:
     from encoders.zoo.cnn_zoo import make_cnn_zoo
 
     zoo = make_cnn_zoo(args.out, args.source, architectures=args.architectures, models_per_arch=args.models_per_arch,
-                       checkpoints=args.checkpoints, seed=args.seed, limit=args.limit, test_fraction=args.test_fraction,
+                       checkpoints=args.checkpoints, train_fractions=args.train_fractions, seed=args.seed,
+                       limit=args.limit, test_fraction=args.test_fraction,
                        split_fractions=dict(args.split_fractions), shard_size=args.shard_size,
                        workers=args.workers, progress=not args.no_progress)
     print(f"CNN zoo of {len(zoo)} checkpoints in {args.out}")
@@ -143,5 +146,7 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"{len(set(data['arch_id']))} architectures, {len(set(data['model_id']))} models, "
               f"checkpoints at epochs {sorted(set(data['epoch']))}")
         accs = sorted(data["test_acc"])
-        print(f"test accuracy: median {accs[len(accs) // 2]:.3f}, min {accs[0]:.3f}, max {accs[-1]:.3f}")
+        decile = lambda q: accs[min(len(accs) - 1, int(q * len(accs)))]  # noqa: E731
+        print(f"test accuracy: median {decile(0.5):.3f}, 10th-90th percentile {decile(0.1):.3f}-{decile(0.9):.3f}, "
+              f"min {accs[0]:.3f}, max {accs[-1]:.3f}")
     return 0

@@ -23,17 +23,22 @@ _OPTIMIZERS = ("adam", "sgd")
 class TrainHparams:
     """How a zoo CNN is trained: ``optimizer`` (``"adam"``, or ``"sgd"`` with momentum 0.9), learning
     rate, decoupled ``weight_decay`` (AdamW / SGD's L2), ``init_scale`` multiplying the default initial
-    weights, and mini-batch size."""
+    weights, mini-batch size, and ``train_fraction``: the share of the training images it sees (a
+    fixed random subset per model; small shares overfit, which spreads the zoo's test accuracies
+    the way real zoos' do)."""
 
     optimizer: str
     lr: float
     weight_decay: float
     init_scale: float
     batch_size: int
+    train_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +107,10 @@ def train_cnn(
                     p.mul_(hparams.init_scale)
         optimizer = _optimizer(model, hparams)
         shuffle = torch.Generator().manual_seed(seed)
+        if hparams.train_fraction < 1.0:
+            keep = max(hparams.batch_size, round(hparams.train_fraction * len(y_train)))
+            subset = torch.randperm(len(y_train), generator=shuffle)[:keep]
+            x_train, y_train = x_train[subset], y_train[subset]
         for epoch in range(wanted[-1] + 1):
             if epoch > 0:
                 model.train()

@@ -30,7 +30,8 @@ __all__ = ["CNN_FEATURES", "make_cnn_zoo"]
 CNN_FEATURES = Features({
     "model_id": Value("int64"), "arch_index": Value("int64"), "arch_id": Value("string"), "epoch": Value("int32"),
     "spec": Value("string"), "optimizer": Value("string"), "lr": Value("float32"), "weight_decay": Value("float32"),
-    "init_scale": Value("float32"), "batch_size": Value("int32"), "dropout": Value("float32"), "seed": Value("int64"),
+    "init_scale": Value("float32"), "batch_size": Value("int32"), "train_fraction": Value("float32"),
+    "dropout": Value("float32"), "seed": Value("int64"),
     "train_acc": Value("float32"), "test_acc": Value("float32"), "train_loss": Value("float32"),
     "test_loss": Value("float32"), "split": Value("string"), **WEIGHT_FEATURES,
 })
@@ -62,6 +63,7 @@ def make_cnn_zoo(
     architectures: int = 16,
     models_per_arch: int = 1,
     checkpoints: Sequence[int] = (0, 1, 2, 4, 8, 16),
+    train_fractions: Sequence[float] = (1.0,),
     seed: int = 0,
     limit: int | None = None,
     test_fraction: float = 0.2,
@@ -82,6 +84,8 @@ def make_cnn_zoo(
         architectures: number of sampled architectures.
         models_per_arch: hyperparameter draws trained per architecture.
         checkpoints: epochs at which each model is recorded (0 = initial weights).
+        train_fractions: each model trains on one of these shares of the training images, drawn
+            uniformly (see :class:`~encoders.zoo.cnn_train.TrainHparams`).
         seed: master seed.
         limit: use ``limit`` images of the source (see :func:`~encoders.zoo.images.load_images`).
         test_fraction: held-out share of the images, for ``test_acc``.
@@ -97,6 +101,9 @@ def make_cnn_zoo(
     """
     if architectures < 1 or models_per_arch < 1 or shard_size < 1:
         raise ValueError("architectures, models_per_arch and shard_size must be >= 1")
+    fractions = [float(f) for f in train_fractions]
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"train_fractions must be shares in (0, 1], got {list(train_fractions)}")
     x_train, y_train, _, _ = _data(source, limit, test_fraction, seed)
     channels, size = x_train.shape[1], min(x_train.shape[2:])
     num_classes = int(y_train.max()) + 1
@@ -108,12 +115,14 @@ def make_cnn_zoo(
     for m in range(n_models):
         arch = m // models_per_arch
         jobs.append({"model_id": m, "arch_index": arch, "spec": specs[arch], "split": splits[arch],
-                     "hparams": sample_hparams(random.Random(derive_seed(seed, "hparams", m))).to_dict(),
+                     "hparams": {**sample_hparams(random.Random(derive_seed(seed, "hparams", m))).to_dict(),
+                                 "train_fraction": random.Random(derive_seed(seed, "fraction", m)).choice(fractions)},
                      "seed": derive_seed(seed, "model", m), "checkpoints": sorted(set(checkpoints)),
                      "source": source, "limit": limit, "test_fraction": test_fraction, "data_seed": seed})
     meta = {"kind": "cnn", "source": {"name": source, "limit": limit, "test_fraction": test_fraction},
             "image_shape": list(x_train.shape[1:]), "num_classes": num_classes, "architectures": architectures,
-            "models_per_arch": models_per_arch, "checkpoints": sorted(set(checkpoints)), "seed": seed,
+            "models_per_arch": models_per_arch, "checkpoints": sorted(set(checkpoints)), "train_fractions": fractions,
+            "seed": seed,
             "split_fractions": dict(split_fractions), "shard_size": shard_size}
     writer = ShardWriter(path, meta, -(-n_models // shard_size), CNN_FEATURES)
     todo = [s for s in range(writer.num_shards) if not writer.has_shard(s)]

@@ -76,6 +76,19 @@ def test_training_is_deterministic_and_checkpointed() -> None:
     assert not torch.equal(first[0]["state_dict"]["0.weight"], first[2]["state_dict"]["0.weight"])
 
 
+def test_a_training_fraction_trains_on_a_fixed_subset() -> None:
+    images, labels = load_digits()
+    data = (images[:160], labels[:160], images[160:200], labels[160:200])
+    spec = sample_cnn_spec(random.Random(1), 1, 10, 8)
+    full = train_cnn(spec, TrainHparams("adam", 3e-3, 1e-4, 1.0, 32), data, [1], seed=3)
+    quarter = TrainHparams("adam", 3e-3, 1e-4, 1.0, 32, train_fraction=0.25)
+    a, b = (train_cnn(spec, quarter, data, [1], seed=3) for _ in range(2))
+    assert torch.equal(a[0]["state_dict"]["0.weight"], b[0]["state_dict"]["0.weight"])  # the same subset
+    assert not torch.equal(a[0]["state_dict"]["0.weight"], full[0]["state_dict"]["0.weight"])
+    with pytest.raises(ValueError, match=r"train_fraction must be in \(0, 1\]"):
+        TrainHparams("adam", 3e-3, 1e-4, 1.0, 32, train_fraction=0.0)
+
+
 def test_zoo_records_splits_and_accuracies(cnn_zoo: Zoo) -> None:
     data = cnn_zoo.dataset
     assert len(cnn_zoo) == 12 and cnn_zoo.kind == "cnn"
