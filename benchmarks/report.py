@@ -18,12 +18,14 @@ RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
 ORDER = ("step_overhead", "step_overhead_cuda", "fused_parity", "l2o_quality", "recipe_spread", "graph_build",
          "encoders_throughput", "encoders_throughput_cuda", "zoo_throughput", "weight_space", "weight_space_classify",
-         "weight_space_classify_dwsnets")
+         "weight_space_classify_dwsnets", "weight_space_classify_ng", "weight_space_generalization")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "encoders_throughput_cuda": "python -m benchmarks.encoders_throughput --device cuda",
     "weight_space_classify": "python -m benchmarks.weight_space --size classify",
     "weight_space_classify_dwsnets": "python -m benchmarks.weight_space --size classify-dwsnets",
+    "weight_space_classify_ng": "python -m benchmarks.weight_space --size classify-ng",
+    "weight_space_generalization": "python -m benchmarks.weight_space --size generalization",
 }
 """Sections written by another size or device of a benchmark, and the command that writes each."""
 

@@ -216,7 +216,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = {"size_name": size_name, "threads": threads, "total_seconds": time.perf_counter() - start,
               "size": size_json, "rows": rows, "runs": all_runs}
     write_results(args.out, size["result"], record, markdown)
+    figures(all_runs, zoos.get("cnn"), args.out)
     return record
+
+
+def figures(all_runs: list[dict[str, Any]], cnn_zoo: Any, out: Path) -> None:
+    """``curves.png``: each trained run's validation metric per epoch; ``cnn_zoo_accuracy.png``: the
+    CNN zoo's test accuracies (when the size has one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = [r for r in all_runs if r.get("history")]
+    if trained:
+        tasks = sorted({r["task"] for r in trained})
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            runs_of_task = [r for r in trained if r["task"] == task]
+            for r in runs_of_task:
+                key = f"val_{r['metric']}"
+                label = r["encoder"] + (f" + {r['config']['probes']} probes" if r["config"].get("probes") else "")
+                ax.plot([h["epoch"] for h in r["history"]], [h[key] for h in r["history"]], label=label, lw=1)
+            ax.set_title(task, fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"validation {runs_of_task[0]['metric']}")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "curves.png", dpi=110)
+        plt.close(fig)
+    if cnn_zoo is not None:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.hist(cnn_zoo.dataset["test_acc"], bins=20, range=(0, 1), color="tab:blue")
+        ax.set_xlabel("test accuracy")
+        ax.set_ylabel("checkpoints")
+        ax.set_title(f"CNN zoo: {len(cnn_zoo)} checkpoints", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "cnn_zoo_accuracy.png", dpi=110)
+        plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ class TrainHparams:
     """How a zoo CNN is trained: ``optimizer`` (``"adam"``, or ``"sgd"`` with momentum 0.9), learning
     rate, decoupled ``weight_decay`` (AdamW / SGD's L2), ``init_scale`` multiplying the default initial
     weights, mini-batch size, and ``train_fraction``: the share of the training images it sees (a
-    fixed random subset per model; small shares overfit, which spreads the zoo's test accuracies
-    the way real zoos' do)."""
+    fixed random subset per model, visited as many times per epoch as it takes to make a full
+    epoch's steps; small shares overfit, which spreads the zoo's test accuracies the way real zoos'
+    do)."""
 
     optimizer: str
     lr: float
@@ -70,6 +71,18 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return correct / len(labels), loss / len(labels)
 
 
+def _batches(n: int, n_full: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """One epoch's mini-batches of indices below ``n`` (the images a model trains on, ``n_full``
+    in the whole training set): one shuffled pass when it sees them all; otherwise as many batches
+    as a full pass has, from consecutive shuffled passes over its share, so the share changes how
+    much a model can overfit and not how long it trains."""
+    if n == n_full:
+        return list(torch.randperm(n, generator=generator).split(batch_size))
+    steps = -(-n_full // batch_size)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-steps * batch_size // n))])
+    return list(order[:steps * batch_size].split(batch_size))
+
+
 def _optimizer(model: nn.Module, hp: TrainHparams) -> torch.optim.Optimizer:
     if hp.optimizer == "adam":
         return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
@@ -107,6 +120,7 @@ def train_cnn(
                     p.mul_(hparams.init_scale)
         optimizer = _optimizer(model, hparams)
         shuffle = torch.Generator().manual_seed(seed)
+        n_full = len(y_train)
         if hparams.train_fraction < 1.0:
             keep = max(hparams.batch_size, round(hparams.train_fraction * len(y_train)))
             subset = torch.randperm(len(y_train), generator=shuffle)[:keep]
@@ -114,7 +128,7 @@ def train_cnn(
         for epoch in range(wanted[-1] + 1):
             if epoch > 0:
                 model.train()
-                for batch in torch.randperm(len(y_train), generator=shuffle).split(hparams.batch_size):
+                for batch in _batches(len(y_train), n_full, hparams.batch_size, shuffle):
                     loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
                     if not torch.isfinite(loss):
                         return out
