@@ -26,9 +26,10 @@ Sizes (CPU, 2 cores):
 * ``--size classify-ng``: the DWSNets-recipe zoo with the neural-graphs training recipe: 150
   epochs (patience 40), batch 64, AdamW 1e-3 with weight decay 5e-4 and a 500-step warm-up,
   gradient clipping at 10, dropout 0.2, 4 layers, the INR augmentations of
-  :mod:`encoders.tasks.augment`, NG-GNN/NG-T on the compiled dense path (written to
-  ``weight_space_classify_ng``). Runs are independent and resumable, so ``--encoders`` can split
-  them across processes; a last call without it assembles the table from the finished runs.
+  :mod:`encoders.tasks.augment`, NG-GNN/NG-T on the compiled dense path, and NG-GNN with 64
+  probes (written to ``weight_space_classify_ng``). Runs are independent and resumable, so
+  ``--encoders`` can split them across processes; a last call without it assembles the table from
+  the finished runs (``--score-only``: without training further, for runs stopped early).
 * ``--size generalization``: generalization prediction on a CNN zoo that spans the accuracy range
   like the published ones: 96 architectures on scikit-learn's digits, each trained with sampled
   optimizer, learning rate, weight decay, init scale, batch size, dropout and training share
@@ -41,6 +42,7 @@ Sizes (CPU, 2 cores):
     python -m benchmarks.weight_space --size classify    # classification at 5000 INRs
     python -m benchmarks.weight_space --size classify-dwsnets   # the same, INRs fitted with the DWSNets recipe
     python -m benchmarks.weight_space --size classify-ng --encoders ng-gnn   # one encoder's runs
+    python -m benchmarks.weight_space --size classify-ng --score-only       # the table, training no further
     python -m benchmarks.weight_space --quick            # CI
 """
 
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +73,7 @@ SIZES: dict[str, dict[str, Any]] = {
                          "patience": 6, "batch_size": 64, "hidden": 32, "layers": 3, "probes": 0, "seeds": 1},
     "classify-ng": {"result": "weight_space_classify_ng", "tasks": ("inr-classify",), "inr_source": "mnist5k",
                     "inr_images": 5000, "inr_recipe": "dwsnets", "epochs": 150, "patience": 40, "batch_size": 64,
-                    "hidden": 32, "layers": 4, "probes": 0, "seeds": 1,
+                    "hidden": 32, "layers": 4, "probes": 64, "probe_encoders": ("ng-gnn",), "seeds": 1,
                     "fit": {"lr": 1e-3, "weight_decay": 5e-4, "warmup": 500, "grad_clip": 10.0, "dropout": 0.2,
                             "augment": True, "compile": True}},
     "generalization": {"result": "weight_space_generalization", "tasks": ("generalization",),
@@ -130,7 +133,7 @@ def runs(size: dict[str, Any], encoders: tuple[str, ...] = ENCODERS) -> list[tup
     """``(task, encoder, probes)`` of every row of the table (of ``encoders`` only)."""
     out = [("inr-classify", e, 0) for e in ENCODERS]
     if size["probes"]:
-        out += [("inr-classify", e, size["probes"]) for e in ("ng-gnn", "ng-t")]
+        out += [("inr-classify", e, size["probes"]) for e in size.get("probe_encoders", ("ng-gnn", "ng-t"))]
     out += [("inr-edit", e, 0) for e in ENCODERS if e != "stats"]
     out += [("generalization", e, 0) for e in ENCODERS]
     return [r for r in out if r[0] in size["tasks"] and r[1] in encoders]
@@ -157,6 +160,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--encoders", nargs="+", choices=ENCODERS, default=None,
                         help="run these encoders' rows only, without writing the table (to split the runs "
                              "across processes; a last call without --encoders writes it)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="train no further: score every run at its checkpoint's best validation epoch (runs "
+                             "stopped early, e.g. for time, keep the epochs they reached; a run without a "
+                             "checkpoint is an error)")
     args = parser.parse_args(argv)
     threads = args.threads or free_cores()
     torch.set_num_threads(threads)
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from encoders.tasks import FitConfig, fit, make_task
+    from encoders.tasks.trainer import CHECKPOINT
 
     start = time.perf_counter()
     zoos = make_zoos(size, args.cache, workers=threads)
@@ -181,6 +189,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             config = FitConfig(epochs=size["epochs"], patience=size["patience"], batch_size=size["batch_size"],
                                hidden=size["hidden"], layers=size["layers"], probes=probes, seed=seed, **options)
             folder = args.out / "runs" / f"{task_name}-{encoder}-p{probes}-seed{seed}"  # resumable
+            if args.score_only and encoder != "stats":
+                if not (folder / CHECKPOINT).exists():
+                    raise SystemExit(f"--score-only: {folder} has no checkpoint; train that run first")
+                config = replace(config, epochs=0)
             result = fit(tasks[task_name], encoder, config=config, out=folder, progress=args.encoders is not None)
             results.append(result)
         metric = results[0]["metric"]
