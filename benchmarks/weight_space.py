@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.score_only and encoder != "stats":
                 if not (folder / CHECKPOINT).exists():
                     raise SystemExit(f"--score-only: {folder} has no checkpoint; train that run first")
-                config = replace(config, epochs=0)
+                config = replace(config, epochs=0, compile=False)  # scoring alone is not worth a compile
             result = fit(tasks[task_name], encoder, config=config, out=folder, progress=args.encoders is not None)
             results.append(result)
         metric = results[0]["metric"]
