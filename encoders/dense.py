@@ -78,6 +78,10 @@ class DenseLayout:
         return linked
 
     def to(self, device: torch.device | str) -> DenseLayout:
+        """This layout on ``device``: itself when already there (so its cached ``linked`` is reused
+        by every batch), else a copy."""
+        if self.node_role.device == torch.device(device):
+            return self
         tensors = {name: getattr(self, name).to(device) for name in
                    ("node_role", "node_depth", "node_index", "node_activation", "node_head", "edge_kind")}
         return DenseLayout(self.num_nodes, self.num_edges, self.blocks, **tensors)
@@ -167,7 +171,6 @@ def dense_layout(graph: NeuralGraph) -> DenseLayout:
         except ValueError as err:
             raise ValueError(f"no dense layout for this neural graph: {err}; use the sparse (PyG) path") from None
     return _LAYOUTS[graph]
-
 
 
 @dataclass

@@ -129,7 +129,7 @@ class RelationalAttention(MessagePassing):
             logits = (split(queries + qe) * split(keys + ke)).sum(-1) * self.scale
             return logits, split(torch.addcmul(ve2, values, ve1))
 
-        groups = []  # (logits, values, node range or None for all nodes, key axis or None for self pairs)
+        groups = []  # (logits, values, the query nodes' range, the key axis)
         for block, pair in zip(layout.blocks, layout.split(pe)):  # pair [B, D, S, 4d]
             at_dst, at_src = (slice(None), block.dst, None), (slice(None), None, block.src)
             groups.append((*pairs(q[at_dst], k[at_src], v[at_src], pair + self.pair_bias[FORWARD]), block.dst, 2))
@@ -139,7 +139,7 @@ class RelationalAttention(MessagePassing):
 
         def per_node(make: Callable[[Tensor, Tensor, slice, int], Tensor], fill: float,
                      join: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-            """``join`` of ``make(logits, values, nodes, axis)`` over the forward groups (one per
+            """``join`` of ``make(logits or weights, values, nodes, axis)`` over the forward groups (one per
             target node) and the backward groups (one per source node), as ``[B, N, ...]``."""
             sides = []
             for axis in (2, 1):
@@ -153,14 +153,12 @@ class RelationalAttention(MessagePassing):
         if unlinked is not None:
             peak = torch.maximum(peak, rearrange(unlinked[0].detach().amax(-1), "b h n -> b n h"))
 
-        def weights(logits: Tensor, nodes: slice, axis: int) -> Tensor:
-            return torch.exp(logits - peak[:, nodes].unsqueeze(axis))
-
-        total = per_node(lambda lg, _, nodes, axis: weights(lg, nodes, axis).sum(axis), 0.0, torch.add)
+        # each group's unnormalized weights, computed once for the sums and the weighted values
+        groups = [(torch.exp(lg - peak[:, nodes].unsqueeze(axis)), val, nodes, axis) for lg, val, nodes, axis in groups]
+        total = per_node(lambda w, _, __, axis: w.sum(axis), 0.0, torch.add)
         w_self = torch.exp(self_logits - peak)
         total = total + w_self
-        out = per_node(lambda lg, val, nodes, axis: (self.attn_dropout(weights(lg, nodes, axis)).unsqueeze(-1)
-                                                     * val).sum(axis), 0.0, torch.add)
+        out = per_node(lambda w, val, _, axis: (self.attn_dropout(w).unsqueeze(-1) * val).sum(axis), 0.0, torch.add)
         out = out + self.attn_dropout(w_self).unsqueeze(-1) * self_values
         if unlinked is not None:
             logits, values = unlinked  # [B, H, N, N], [B, H, N, c]
