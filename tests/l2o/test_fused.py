@@ -125,6 +125,24 @@ def test_compiled_optimizer_matches_the_reference_and_does_not_recompile(name):
         assert _max_relative_error(fused.rule_state[key], reference.rule_state[key]) < 1e-5
 
 
+@pytest.mark.slow
+def test_every_compiled_copy_holds_one_compilation_shared_by_same_shaped_parameters():
+    """Dynamo checks a function's compilations in turn at every call; the fused step gives each
+    parameter signature its own copy of the function, so every call finds its compilation first."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    model, _ = build("transformer")
+    opt = NeuralGraphOpt(model.parameters(), rule=_rule(), model=model, compile=True)
+    _train(model, opt, 3)
+    n_params = len(list(model.parameters()))
+    for specialized in (opt._fused._stats, opt._fused._update):
+        copies = list(specialized._by_signature.values())
+        assert 1 < len(copies) < n_params, "parameters of one shape should share a copy, other shapes not"
+        codes = {fn._torchdynamo_orig_callable.__code__ for fn in copies}
+        assert len(codes) == len(copies)
+        assert [len(_debug_get_cache_entry_list(code)) for code in codes] == [1] * len(codes)
+
+
 def check_compiled_step_commutes_with_permutations(name: str, device: torch.device | str = "cpu") -> None:
     """Three compiled steps on a network and on its hidden-permuted twin give permuted parameters."""
     model, permuted, example, graph, sigma = permuted_pair(name)
