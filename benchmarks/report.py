@@ -16,9 +16,10 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
-ORDER = ("step_overhead", "step_overhead_cuda", "fused_parity", "l2o_quality", "recipe_spread", "graph_build",
-         "encoders_throughput", "encoders_throughput_cuda", "zoo_throughput", "weight_space", "weight_space_classify",
-         "weight_space_classify_dwsnets", "weight_space_classify_ng", "weight_space_generalization")
+ORDER = ("step_overhead", "step_overhead_cuda", "head_cost", "fused_parity", "l2o_quality", "recipe_spread",
+         "graph_build", "encoders_throughput", "encoders_throughput_cuda", "zoo_throughput", "weight_space",
+         "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
+         "weight_space_generalization")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "encoders_throughput_cuda": "python -m benchmarks.encoders_throughput --device cuda",

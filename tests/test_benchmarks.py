@@ -5,7 +5,7 @@ import math
 import pytest
 from torch import nn
 
-from benchmarks import graph_build, l2o_quality, recipe_spread, step_overhead, weight_space
+from benchmarks import graph_build, head_cost, l2o_quality, recipe_spread, step_overhead, weight_space
 from benchmarks.__main__ import available
 from benchmarks.common import free_cores, machine_info
 
@@ -23,6 +23,12 @@ def test_step_overhead_measures_every_optimizer(optimizer):
     assert result["step_s"] > 0 and result["forward_backward_s"] > 0
     expected_state = 8 if optimizer in ("Adam", "AdamW") else 16
     assert result["state_bytes_per_param"] >= expected_state
+
+
+def test_head_cost_times_every_head_against_adam():
+    rows = head_cost.main(["--quick", "--threads", "1"])
+    assert [r["head"] for r in rows] == ["Adam step (whole)"] + [f"{h} x {a}" for a, h in head_cost.HEADS]
+    assert all(r["s"] > 0 for r in rows) and "/ Adam's step" in head_cost.markdown(rows)
 
 
 def test_l2o_quality_run_and_summary():
