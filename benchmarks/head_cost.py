@@ -2,10 +2,11 @@
 Adam's whole step on the same number of parameters.
 
 The fused step's update loop (:func:`l2o.fused.tensor_update_`) evaluates, per element, a head of
-9 features -> ``hidden`` units -> 2 outputs, unrolled over the units. This benchmark times that
-loop alone on a ``[rows, cols]`` tensor (9 feature tensors in, direction and magnitude combined
-into one output), for the shipped head (16 SiLU units) and for cheaper designs a new rule could
-choose (fewer units, an activation without an exponential), and compares it with
+9 features -> ``hidden`` units -> 2 outputs (:func:`l2o.fused.head_outputs`, unrolled over the
+units). This benchmark times that same code alone on a ``[rows, cols]`` tensor (9 feature tensors
+and the row and column context tables in, direction and magnitude combined into one output), for
+the shipped head (16 SiLU units) and for cheaper designs a new rule could choose (fewer units, an
+activation without an exponential), and compares it with
 ``torch.optim.Adam``'s default step on a parameter of the same size. The ratio bounds what any
 fused step with that head can reach against Adam: statistics, features and fixed costs come on
 top of it. Timings are printed, never asserted.
@@ -35,27 +36,21 @@ HEADS = (("SiLU (shipped)", 16), ("SiLU (shipped)", 8), ("ReLU", 16), ("ReLU", 8
 N_FEATURES = 9
 
 
-def head(features: list[Tensor], weight: Tensor, out: Tensor, activation: Callable[[Tensor], Tensor]) -> Tensor:
-    """``features`` (9 tensors ``[R, C]``), ``weight [H, 9]``, ``out [2, H]`` -> ``d * exp(m)``
-    ``[R, C]``: the fused step's head, unrolled over its ``H`` hidden units as there."""
-    direction, magnitude = torch.zeros_like(features[0]), torch.zeros_like(features[0])
-    for j in range(weight.shape[0]):
-        hidden = features[0] * weight[j, 0]
-        for k in range(1, N_FEATURES):
-            hidden = hidden + features[k] * weight[j, k]
-        hidden = activation(hidden)
-        direction, magnitude = direction + out[0, j] * hidden, magnitude + out[1, j] * hidden
-    return direction * torch.exp(magnitude)
-
-
 def measure(shape: tuple[int, int], activation: str, hidden: int, repeats: int) -> dict[str, Any]:
     """Median seconds of the compiled head on ``shape`` and ns per element."""
     gen = torch.Generator().manual_seed(0)
     features = [torch.randn(shape, generator=gen) for _ in range(N_FEATURES)]
     weight, out = torch.randn(hidden, N_FEATURES, generator=gen) * 0.3, torch.randn(2, hidden, generator=gen) * 0.1
+    rows, cols = torch.randn(hidden, shape[0], generator=gen), torch.randn(hidden, shape[1], generator=gen)
+    bias = torch.zeros(2)
     act = ACTIVATIONS[activation]
-    compiled = fused._compiled(lambda f, w, o: head(f, w, o, act))
-    seconds = median_time(lambda: compiled(features, weight, out), repeats, warmup=2)
+
+    def step(f: list[Tensor], w: Tensor, o: Tensor, r: Tensor, c: Tensor) -> Tensor:
+        direction, magnitude = fused.head_outputs(f, w, o, bias, lambda j: r[j][:, None] + c[j][None, :], act)
+        return direction * torch.exp(magnitude)
+
+    compiled = fused._compiled(step)
+    seconds = median_time(lambda: compiled(features, weight, out, rows, cols), repeats, warmup=2)
     n = shape[0] * shape[1]
     return {"shape": list(shape), "head": f"{hidden} x {activation}", "s": seconds, "ns_per_element": seconds / n * 1e9}
 

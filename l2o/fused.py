@@ -48,8 +48,8 @@ from l2o import features as F
 if TYPE_CHECKING:
     from l2o.graph_rule import GraphContext, NeuralGraphRule, NeuronMap
 
-__all__ = ["FusedStep", "all_finite", "compile_unavailable", "compiled_all_finite", "head_tables", "neuron_context",
-           "tensor_stats_", "tensor_update_"]
+__all__ = ["FusedStep", "all_finite", "compile_unavailable", "compiled_all_finite", "head_outputs", "head_tables",
+           "neuron_context", "tensor_stats_", "tensor_update_"]
 
 _N_FEAT = len(F.COMPACT_FEATURE_NAMES)
 _N_LINEAR = 5  # features g, p, m0, m1, m2: divided by their RMS over the tensor (the scales)
@@ -94,6 +94,25 @@ def _silu(x: Tensor) -> Tensor:
     the magnitude): 64 bytes per element of extra traffic. ``exp2`` is not on its list and rounds
     the same to within an ulp."""
     return x / (1 + torch.exp2(x * -_LOG2_E))
+
+
+def head_outputs(
+    features: Sequence[Tensor], weight: Tensor, w_out: Tensor, b_out: Tensor, context: Callable[[int], Tensor],
+    activation: Callable[[Tensor], Tensor] = _silu,
+) -> tuple[Tensor, Tensor]:
+    """The per-element head, unrolled over its ``H`` hidden units so that the ``[n, H]``
+    activations never exist: ``features`` (9 tensors ``[R, C]``), ``weight [H, 9]`` (scales folded
+    in), ``w_out [2, H]``, ``b_out [2]`` and ``context(j)`` (unit ``j``'s bias, broadcastable to
+    ``[R, C]``) -> ``(direction, magnitude)``, each ``[R, C]``. ``activation`` is the head's
+    (SiLU); ``benchmarks/head_cost.py`` times others through this same code."""
+    direction, magnitude = b_out[0], b_out[1]
+    for j in range(weight.shape[0]):
+        hidden = context(j)
+        for k, f in enumerate(features):
+            hidden = hidden + f * weight[j, k]
+        hidden = activation(hidden)
+        direction, magnitude = direction + w_out[0, j] * hidden, magnitude + w_out[1, j] * hidden
+    return direction, magnitude
 
 
 def tensor_stats_(
@@ -199,15 +218,14 @@ def tensor_update_(
     rows, cols, full = tables
     weight = torch.cat([w_in[:, :_N_LINEAR] * scales.to(w_in.dtype), w_in[:, _N_LINEAR:]], dim=1)
     feats = [f.to(w_in.dtype) for f in _features(p, g, mom, rms, row_vhat, col[0])]
-    direction, magnitude = b_out[0], b_out[1]
-    for j in range(w_in.shape[0]):
+
+    def context(j: int) -> Tensor:
         hidden = rows[j][:, None] + cols[j][None, :]
         for ids, table in full:
             hidden = hidden + table[j][ids]
-        for k, f in enumerate(feats):
-            hidden = hidden + f * weight[j, k]
-        hidden = _silu(hidden)
-        direction, magnitude = direction + w_out[0, j] * hidden, magnitude + w_out[1, j] * hidden
+        return hidden
+
+    direction, magnitude = head_outputs(feats, weight, w_out, b_out, context)
     adam = mom[0] * corrections[0] / (torch.sqrt(rms.clamp(min=1e-30)) * corrections[1] + 1e-8)
     update = F.direction_magnitude_update(direction, magnitude, adam, *form[:3], gated=form[3])
     update = update.to(param.dtype) + weight_decay.to(param.dtype) * param
