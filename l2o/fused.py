@@ -13,7 +13,8 @@ units, so inductor (C++/OpenMP on CPU, Triton on GPU) turns a tensor's work into
    ``g²`` and the sums of squares of ``g``, ``p`` and the momenta (the feature scales) are reduced,
    then the 9 features are summed per row, per column or per element, as the tensor's neuron maps
    need them for pooling;
-2. :func:`neuron_context`: the neuron-level GNN on ``O(neurons)`` data, as in the reference;
+2. :meth:`~l2o.graph_rule.GraphRuleBase.neuron_tables`: the neuron-level GNN on ``O(neurons)`` data,
+   as in the reference;
 3. :func:`tensor_update_`: the features again, the head (hidden units one at a time, so the
    ``[n, 16]`` activations never exist), Adam's direction, the update and the parameter write.
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from l2o.graph_rule import GraphContext, NeuralGraphRule, NeuronMap
 
 __all__ = ["FusedStep", "all_finite", "compile_unavailable", "compiled_all_finite", "head_outputs", "head_tables",
-           "neuron_context", "tensor_stats_", "tensor_update_"]
+           "tensor_stats_", "tensor_update_"]
 
 _N_FEAT = len(F.COMPACT_FEATURE_NAMES)
 _N_LINEAR = 5  # features g, p, m0, m1, m2: divided by their RMS over the tensor (the scales)
@@ -161,16 +162,6 @@ def tensor_stats_(
         else:
             sums.append(torch.stack([f.reshape(-1) for f in feats], 1) * feature_scales)
     return scales, row_vhat, sums
-
-
-def neuron_context(rule: NeuralGraphRule, context: GraphContext, pooled: Tensor, time: Tensor) -> tuple[Tensor, ...]:
-    """The neuron-level GNN: ``pooled [N, 27]`` (mean features of in-weights, out-weights and own
-    parameters) and ``time [11]`` -> ``(at_source [N, H], at_target [N, H], time_bias [H])``."""
-    x = rule.node_in(torch.cat([pooled, time.expand(pooled.shape[0], -1)], dim=1))
-    x = x + rule.role(context.node_role) + rule.activation(context.node_activation) + rule.depth(context.node_depth)
-    for layer in rule.gnn:
-        x = layer(x, context.aggregation)
-    return rule.to_source(x), rule.to_target(x), rule.head_time(time)
 
 
 def head_tables(
@@ -295,7 +286,7 @@ class FusedStep:
     one float or tensor, or bool, per parameter); parameters and statistics are updated in place,
     the returned state holds the new step counter.
 
-    ``compiled=True`` runs :func:`tensor_stats_`, :func:`neuron_context` and
+    ``compiled=True`` runs :func:`tensor_stats_`, the rule's ``neuron_tables`` and
     :func:`tensor_update_` through ``torch.compile`` (static shapes; learning rates, weight decay
     and frozen flags are tensors, so schedules and missing gradients do not recompile); ``False``
     runs the same functions eagerly (slow; for tests and debugging).
@@ -304,7 +295,8 @@ class FusedStep:
     def __init__(self, rule: NeuralGraphRule, context: GraphContext, compiled: bool = True) -> None:
         self.rule, self.context = rule, context
         self._stats, self._update = _Specialized(tensor_stats_, compiled), _Specialized(tensor_update_, compiled)
-        self._context = _compiled(neuron_context) if compiled else neuron_context
+        tables = type(rule).neuron_tables  # called with the rule as its first argument, as dynamo guards it
+        self._context = _compiled(tables) if compiled else tables
 
     def __call__(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
                  lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],

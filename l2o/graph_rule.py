@@ -181,55 +181,33 @@ def _element_kinds(on_edge: bool, edge_kind: Tensor, channel: Tensor) -> Tensor:
     return channel.clamp(max=_NODE_KINDS - 1)
 
 
-@register_rule("neural-graph")
-class NeuralGraphRule(UpdateRule):
-    """Learned update rule reading the network as a neural graph (see the module docstring).
+class GraphRuleBase(UpdateRule):
+    """What every neural-graph rule shares: the neuron-level GNN and the per-element head's tables,
+    and the context (the traced graph) they read. Subclasses choose the statistics and per-element
+    features (:attr:`feature_names`) and the output form.
 
     Args:
-        hidden: width of the neuron states (32).
-        layers: GNN layers (2).
-        head_hidden: width of the per-element head (16).
-        step_mult: ``b`` of the output form (1e-3).
-        exp_mult: ``a`` of the output form (1e-3).
-        skip: weight of the Adam direction (1.0).
-        gated: output form ``b * (skip + d) * adam * exp(a * m)`` (``True``) or the additive
-            ``b * (d + skip * adam) * exp(a * m)``.
-        momentum_decays: EMA decays of the three momenta.
-        rms_decay: EMA decay of the second moment.
-        factored_decays: EMA decays of the factored (row/column) statistics.
+        hidden: width of the neuron states.
+        layers: GNN layers.
+        head_hidden: width of the per-element head.
         max_depth: depths beyond it share the last depth embedding.
-        chunk_size: elements per block (memory knob, not part of the config).
 
-    State: :func:`l2o.features.init_stats` (16 B/element). Context: :class:`GraphContext`.
+    Modules: ``node_in`` (pooled features and time features -> neuron state), ``role`` /
+    ``activation`` / ``depth`` embeddings, ``gnn`` (:class:`NeuronPNALayer` x ``layers``),
+    ``to_source`` / ``to_target`` (neuron state -> head context), ``kind`` (element-kind embedding),
+    ``head_in`` (features -> head), ``head_time`` (time features -> head) and ``head_out`` (head ->
+    2 outputs, zero-initialised so that a fresh rule is its base optimizer).
     """
 
-    def __init__(
-        self,
-        hidden: int = 32,
-        layers: int = 2,
-        head_hidden: int = 16,
-        step_mult: float = 1e-3,
-        exp_mult: float = 1e-3,
-        skip: float = 1.0,
-        gated: bool = True,
-        momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
-        rms_decay: float = 0.999,
-        factored_decays: Sequence[float] = (0.9, 0.99, 0.999),
-        max_depth: int = 32,
-        chunk_size: int = 2**16,
-    ) -> None:
+    feature_names: tuple[str, ...] = F.COMPACT_FEATURE_NAMES
+    """Names of the per-element features the head and the neuron pools read, in order."""
+
+    def __init__(self, hidden: int = 32, layers: int = 2, head_hidden: int = 16, max_depth: int = 32) -> None:
         super().__init__()
         if hidden < 1 or layers < 0 or head_hidden < 1:
             raise ValueError(f"hidden, head_hidden must be >= 1 and layers >= 0, got {hidden}, {head_hidden}, {layers}")
-        self._config = {
-            "hidden": hidden, "layers": layers, "head_hidden": head_hidden, "step_mult": step_mult,
-            "exp_mult": exp_mult, "skip": skip, "gated": gated, "momentum_decays": list(momentum_decays),
-            "rms_decay": rms_decay, "factored_decays": list(factored_decays), "max_depth": max_depth,
-        }
-        self.decays = F.Decays(tuple(momentum_decays), rms_decay, tuple(factored_decays))
-        self.step_mult, self.exp_mult, self.skip, self.gated = step_mult, exp_mult, skip, gated
-        self.max_depth, self.chunk_size = max_depth, chunk_size
-        n_feat = len(F.COMPACT_FEATURE_NAMES)
+        self.max_depth = max_depth
+        n_feat = len(self.feature_names)
         self.node_in = nn.Linear(3 * n_feat + F.NUM_TIME_FEATURES, hidden)
         self.role = nn.Embedding(len(Role), hidden)
         self.activation = nn.Embedding(len(ACTIVATIONS), hidden)
@@ -243,9 +221,6 @@ class NeuralGraphRule(UpdateRule):
         self.head_out = nn.Linear(head_hidden, 2)
         nn.init.zeros_(self.head_out.weight)
         nn.init.zeros_(self.head_out.bias)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     # ------------------------------------------------------------------ per architecture
     def build_context(
@@ -281,6 +256,127 @@ class NeuralGraphRule(UpdateRule):
             node_activation=nodes["node_activation"].to(device),
             node_depth=depth.to(device),
         )
+
+    def _check_context(self, params: list[Tensor], context: GraphContext | None) -> GraphContext:
+        if context is None:
+            return self.build_context(params)
+        if len(context.source) != len(params):
+            raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
+        return context
+
+    def neuron_tables(self, context: GraphContext, pooled: Tensor, time: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The neuron-level GNN: ``pooled [N, 3 F]`` (mean features of each neuron's in-weights,
+        out-weights and own parameters) and ``time [11]`` -> ``(at_source [N, H], at_target [N, H],
+        time_bias [H])``, the head's per-neuron and per-step context."""
+        x = self.node_in(torch.cat([pooled, time.expand(pooled.shape[0], -1)], dim=1))
+        x = x + self.role(context.node_role) + self.activation(context.node_activation) + self.depth(context.node_depth)
+        for layer in self.gnn:
+            x = layer(x, context.aggregation)
+        return self.to_source(x), self.to_target(x), self.head_time(time)
+
+    def head_context(
+        self, context: GraphContext, i: int, n_rows: int, tables: tuple[Tensor, Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor | None, list[tuple[Tensor, Tensor]]]:
+        """Parameter ``i``'s head bias ``time_bias + at_source[source] + at_target[target] +
+        kind[kind]`` (``tables`` from :meth:`neuron_tables`), split by how it varies over the
+        ``[R, C]`` matrix view: ``rows [R, H]``, ``cols [C, H]`` (``None`` when nothing varies by
+        column) and ``(ids [R, C], table [*, H])`` pairs for element-wise maps."""
+        at_source, at_target, time_bias = tables
+        rows, cols, full = time_bias.expand(n_rows, -1), None, []
+        for neurons, table in ((context.source[i], at_source), (context.target[i], at_target),
+                               (context.kind[i], self.kind.weight)):
+            if neurons.along == "row":
+                rows = rows + table[neurons.ids]
+            elif neurons.along == "col":
+                cols = table[neurons.ids] if cols is None else cols + table[neurons.ids]
+            else:
+                full.append((neurons.ids, table))
+        return rows, cols, full
+
+    @staticmethod
+    def pool(sums: Tensor, context: GraphContext, i: int, feats: Tensor, rows: slice) -> None:
+        """Add parameter ``i``'s features ``[F, r, C]`` (matrix rows ``rows``) to ``sums [3, N, F]``
+        in place: a weight's to its target's in-weight sums (0) and its source's out-weight sums
+        (1), a neuron parameter's to its neuron's own sums (2)."""
+        if context.on_edge[i]:
+            context.target[i].pool(sums[0], feats, rows)
+            context.source[i].pool(sums[1], feats, rows)
+        else:
+            context.source[i].pool(sums[2], feats, rows)
+
+    @staticmethod
+    def pooled_means(sums: Tensor, context: GraphContext) -> Tensor:
+        """``sums [3, N, F]`` from :meth:`pool` -> the means ``[N, 3 F]`` :meth:`neuron_tables` reads."""
+        return (sums / context.counts.T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
+
+    def head(
+        self, feats: Tensor, rows: slice, n_cols: int,
+        head_context: tuple[Tensor, Tensor | None, list[tuple[Tensor, Tensor]]], inplace: bool = False,
+    ) -> Tensor:
+        """The per-element head on matrix rows ``rows`` of one parameter: ``feats [F, r * C]`` and
+        its :meth:`head_context` -> ``out [2, r * C]`` (direction, magnitude).
+        ``hidden = W_in feats + context``, SiLU, then a linear layer; ``inplace``: no autograd."""
+        row_context, col_context, full_maps = head_context
+        hidden = torch.mm(feats.reshape(feats.shape[0], -1).T, self.head_in.weight.T)  # [r * C, H]
+        blocked = hidden.view(rows.stop - rows.start, n_cols, -1)
+        blocked.add_(row_context[rows].unsqueeze(1))
+        if col_context is not None:
+            blocked.add_(col_context)
+        for ids, table in full_maps:
+            blocked.add_(table[ids[rows]])
+        hidden = nn.functional.silu(hidden, inplace=inplace)
+        return torch.addmm(self.head_out.bias.unsqueeze(1), self.head_out.weight, hidden.T)  # [2, r * C]
+
+
+@register_rule("neural-graph")
+class NeuralGraphRule(GraphRuleBase):
+    """Learned update rule reading the network as a neural graph (see the module docstring).
+
+    Args:
+        hidden: width of the neuron states (32).
+        layers: GNN layers (2).
+        head_hidden: width of the per-element head (16).
+        step_mult: ``b`` of the output form (1e-3).
+        exp_mult: ``a`` of the output form (1e-3).
+        skip: weight of the Adam direction (1.0).
+        gated: output form ``b * (skip + d) * adam * exp(a * m)`` (``True``) or the additive
+            ``b * (d + skip * adam) * exp(a * m)``.
+        momentum_decays: EMA decays of the three momenta.
+        rms_decay: EMA decay of the second moment.
+        factored_decays: EMA decays of the factored (row/column) statistics.
+        max_depth: depths beyond it share the last depth embedding.
+        chunk_size: elements per block (memory knob, not part of the config).
+
+    State: :func:`l2o.features.init_stats` (16 B/element). Context: :class:`GraphContext`.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 32,
+        layers: int = 2,
+        head_hidden: int = 16,
+        step_mult: float = 1e-3,
+        exp_mult: float = 1e-3,
+        skip: float = 1.0,
+        gated: bool = True,
+        momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
+        rms_decay: float = 0.999,
+        factored_decays: Sequence[float] = (0.9, 0.99, 0.999),
+        max_depth: int = 32,
+        chunk_size: int = 2**16,
+    ) -> None:
+        super().__init__(hidden, layers, head_hidden, max_depth)
+        self._config = {
+            "hidden": hidden, "layers": layers, "head_hidden": head_hidden, "step_mult": step_mult,
+            "exp_mult": exp_mult, "skip": skip, "gated": gated, "momentum_decays": list(momentum_decays),
+            "rms_decay": rms_decay, "factored_decays": list(factored_decays), "max_depth": max_depth,
+        }
+        self.decays = F.Decays(tuple(momentum_decays), rms_decay, tuple(factored_decays))
+        self.step_mult, self.exp_mult, self.skip, self.gated = step_mult, exp_mult, skip, gated
+        self.chunk_size = chunk_size
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
 
     def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
         """Zero statistics, see :func:`l2o.features.init_stats`."""
@@ -328,13 +424,6 @@ class NeuralGraphRule(UpdateRule):
 
         return FusedStep(self, context)
 
-    def _check_context(self, params: list[Tensor], context: GraphContext | None) -> GraphContext:
-        if context is None:
-            return self.build_context(params)
-        if len(context.source) != len(params):
-            raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
-        return context
-
     def _update_blocks(
         self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: GraphContext, inplace: bool
     ) -> Iterator[tuple[int, slice, Tensor]]:
@@ -343,28 +432,18 @@ class NeuralGraphRule(UpdateRule):
         first block is yielded, so the caller may then update ``params[i][rows]`` in place."""
         step, dtype = state["step"], self.node_in.weight.dtype
         time = F.time_features(step, self.node_in.weight)
-        n_feat = len(F.COMPACT_FEATURE_NAMES)
+        n_feat = len(self.feature_names)
 
         # neurons pool the features of their in-weights, out-weights and own parameters
-        pooled_in, pooled_out, pooled_own = (self.node_in.weight.new_zeros(context.num_nodes, n_feat)
-                                             for _ in range(3))
+        sums = self.node_in.weight.new_zeros(3, context.num_nodes, n_feat)
         scales = []  # per tensor, reused by the second pass
         for i, (p, g) in enumerate(zip(params, grads)):
             stats = F.tensor_stats(state, i)
             scales.append(F.compact_scales(p, g, stats))
             for rows, feats in F.compact_features(p, g, stats, self.chunk_size, inplace, scales[i]):
-                feats = feats.to(dtype)
-                if context.on_edge[i]:
-                    context.target[i].pool(pooled_in, feats, rows)
-                    context.source[i].pool(pooled_out, feats, rows)
-                else:
-                    context.source[i].pool(pooled_own, feats, rows)
-        pooled = torch.cat([pooled_in, pooled_out, pooled_own], dim=1) / context.counts.repeat_interleave(n_feat, 1)
-        x = self.node_in(torch.cat([pooled, time.expand(pooled.shape[0], -1)], dim=1))
-        x = x + self.role(context.node_role) + self.activation(context.node_activation) + self.depth(context.node_depth)
-        for layer in self.gnn:
-            x = layer(x, context.aggregation)
-        at_source, at_target, time_bias = self.to_source(x), self.to_target(x), self.head_time(time)
+                self.pool(sums, context, i, feats.to(dtype), rows)
+        pooled = self.pooled_means(sums, context)
+        tables = self.neuron_tables(context, pooled, time)
         corrections: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
         # per element: hidden = W_in features + U[source] + V[target] + kind + time, then the head
@@ -372,27 +451,11 @@ class NeuralGraphRule(UpdateRule):
             stats = F.tensor_stats(state, i)
             mom, rms = stats.mom[0].reshape(-1), stats.rms.reshape(-1)
             n_rows, n_cols = F.matrix_shape(p.shape)
-            row_context, col_context, full_maps = time_bias.expand(n_rows, -1), None, []
-            for neurons, table in ((context.source[i], at_source), (context.target[i], at_target),
-                                   (context.kind[i], self.kind.weight)):
-                if neurons.along == "row":
-                    row_context = row_context + table[neurons.ids]
-                elif neurons.along == "col":
-                    col_context = table[neurons.ids] if col_context is None else col_context + table[neurons.ids]
-                else:
-                    full_maps.append((neurons.ids, table))
+            head_context = self.head_context(context, i, n_rows, tables)
             if mom.dtype not in corrections:
                 corrections[mom.dtype] = F.adam_corrections(step, self.decays, mom)
             for rows, feats in F.compact_features(p, g, stats, self.chunk_size, inplace, scales[i]):
-                hidden = torch.mm(feats.to(dtype).reshape(n_feat, -1).T, self.head_in.weight.T)  # [r * C, H]
-                blocked = hidden.view(rows.stop - rows.start, n_cols, -1)
-                blocked.add_(row_context[rows].unsqueeze(1))
-                if col_context is not None:
-                    blocked.add_(col_context)
-                for ids, table in full_maps:
-                    blocked.add_(table[ids[rows]])
-                hidden = nn.functional.silu(hidden, inplace=inplace)
-                out = torch.addmm(self.head_out.bias.unsqueeze(1), self.head_out.weight, hidden.T)  # [2, r * C]
+                out = self.head(feats.to(dtype), rows, n_cols, head_context, inplace)
                 span = slice(rows.start * n_cols, rows.stop * n_cols)
                 adam = F.adam_direction(mom[span], rms[span], step, self.decays, inplace=inplace,
                                         corrections=corrections[mom.dtype])
