@@ -1,5 +1,6 @@
 """l2o: learned optimization with neural graphs."""
 
+from l2o.adaptive_rule import AdaptiveGraphRule
 from l2o.ff import FFRule
 from l2o.functional import learned_step, learned_step_
 from l2o.graph_rule import NeuralGraphRule
@@ -8,6 +9,7 @@ from l2o.optim import NeuralGraphOpt
 from l2o.rule import UpdateRule
 
 __all__ = [
+    "AdaptiveGraphRule",
     "FFRule",
     "NeuralGraphOpt",
     "NeuralGraphRule",

@@ -1,8 +1,10 @@
 """Smoke tests of the benchmark code paths at tiny sizes (the figures come from full runs)."""
 
 import math
+import warnings
 
 import pytest
+import torch
 from torch import nn
 
 from benchmarks import graph_build, head_cost, l2o_quality, recipe_spread, step_overhead, weight_space
@@ -35,10 +37,112 @@ def test_l2o_quality_run_and_summary():
     runs = [l2o_quality.run("cnn-digits", spec, 0, 40, None)
             for spec in (("NeuralGraphOpt", 1.0), ("FF", 1.0), ("Adam", 1e-3), ("Adam", 1e-2))]
     assert all(len(r["train"]) == 40 // l2o_quality.SMOOTH and len(r["test"]) == 10 for r in runs)
-    rows, best_lr, speedup = l2o_quality.summarize(runs, ["cnn-digits"], 40)
-    assert best_lr["cnn-digits"] in (1e-3, 1e-2) and {r["optimizer"] for r in rows} >= {"NeuralGraphOpt", "FF"}
-    assert speedup["cnn-digits"] == math.inf or speedup["cnn-digits"] > 0
-    assert "speedup" in l2o_quality.table(rows, speedup)
+    rows, summary = l2o_quality.summarize(runs, ["cnn-digits"])
+    assert [r["optimizer"] for r in rows] == ["NeuralGraphOpt", "FF", "Adam(1e-3)", "Adam tuned"]
+    tuned = rows[-1]
+    assert tuned["lr"] in (1e-3, 1e-2) and tuned["train_vs_tuned_adam"] == tuned["test_vs_tuned_adam"] == 1
+    assert summary[0]["optimizer"] == "NeuralGraphOpt" and summary[0]["beats_ff"] in (0, 1)
+    assert summary[0]["beats_tuned_muon"] is None  # Muon did not run
+    assert "geo. mean" in l2o_quality.table(rows, summary)
+
+
+def _record(task: str, kind: str, lr: float, seed: int, train: float, test: float) -> dict:
+    return {"task": task, "optimizer": kind, "lr": lr, "seed": seed, "train": [9.0, train], "test": [9.0, test]}
+
+
+def test_l2o_quality_summary_arithmetic():
+    """Hand-made finals on two tasks, two seeds: tuning on seed 0, ratios to tuned Adam, a diverged run."""
+    inf = math.inf
+    runs = [
+        # task a: Adam tuned = 1e-2 (train 1.0, 3.0: mean 2.0; test 1.0); Muon's 1e-2 diverged, so 1e-3
+        *[_record("a", "Adam", lr, 0, train, 1.0) for lr, train in ((1e-3, 2.0), (1e-2, 1.0))],
+        _record("a", "Adam", 1e-2, 1, 3.0, 1.0), _record("a", "Adam", 1e-3, 1, 4.0, 1.0),
+        *[_record("a", "NeuralGraphOpt", 1.0, seed, 1.0, 1.04) for seed in (0, 1)],
+        *[_record("a", "FF", 1.0, seed, 0.5, 1.0) for seed in (0, 1)],
+        _record("a", "Muon", 1e-3, 0, 3.0, 1.0), _record("a", "Muon", 1e-2, 0, inf, inf),
+        _record("a", "Muon", 1e-3, 1, 3.0, 1.0),
+        # task b: Adam tuned = Adam(1e-3) (train 1.0, test 2.0); NeuralGraphOpt diverged on seed 1
+        *[_record("b", "Adam", lr, 0, train, 2.0) for lr, train in ((1e-3, 1.0), (1e-2, 2.0))],
+        _record("b", "Adam", 1e-3, 1, 1.0, 2.0),
+        _record("b", "NeuralGraphOpt", 1.0, 0, 8.0, 2.0), _record("b", "NeuralGraphOpt", 1.0, 1, inf, 2.0),
+        *[_record("b", "FF", 1.0, seed, 2.0, 2.0) for seed in (0, 1)],
+        *[_record("b", "Muon", lr, 0, train, 2.0) for lr, train in ((1e-3, 4.0), (1e-2, 5.0))],
+        _record("b", "Muon", 1e-3, 1, 4.0, 2.0),
+    ]
+    rows, summary = l2o_quality.summarize(runs, ["a", "b"])
+    row = {(r["task"], r["optimizer"]): r for r in rows}
+    assert row["a", "Adam tuned"]["lr"] == 1e-2 and row["a", "Muon tuned"]["lr"] == 1e-3
+    assert row["a", "Adam(1e-3)"]["train_vs_tuned_adam"] == 1.5 and row["a", "Adam tuned"]["final_train_std"] == 1.0
+    assert row["b", "NeuralGraphOpt"]["final_train"] == inf and row["b", "NeuralGraphOpt"]["train_vs_tuned_adam"] == inf
+    assert row["a", "NeuralGraphOpt"]["steps_to_tuned_adam_final"] == 2 * l2o_quality.SMOOTH
+    by = {e["optimizer"]: e for e in summary}
+    ours = by["NeuralGraphOpt"]
+    assert ours["train_geomean"] == inf and ours["test_geomean"] == pytest.approx(1.04**0.5)
+    assert (ours["train_at_most_tuned_adam"], ours["test_within_5pct"]) == (1, 2)
+    assert (ours["beats_ff"], ours["beats_tuned_muon"], ours["beats_ff_of"]) == (0, 1, 2)
+    assert by["Adam(1e-3)"]["train_geomean"] == pytest.approx(1.5**0.5)
+    assert by["Adam tuned"]["train_geomean"] == 1 and by["Adam tuned"]["train_at_most_tuned_adam"] == 2
+    assert by["Muon tuned"]["train_geomean"] == pytest.approx((1.5 * 4.0) ** 0.5)
+    assert "beats_ff" not in by["FF"]
+    markdown = l2o_quality.table(rows, summary)
+    assert "| NeuralGraphOpt | 2 | inf | 1.02 | 1 | 2 | 0/2 | 1/2 |" in markdown and "inf (diverged)" in markdown
+
+
+def test_l2o_quality_reruns_only_uncached_runs(tmp_path, monkeypatch):
+    calls = []
+    real = l2o_quality.run
+
+    def counted(task, spec, seed, *args):
+        calls.append((task, spec, seed))
+        return real(task, spec, seed, *args)
+
+    monkeypatch.setattr(l2o_quality, "run", counted)
+    argv = ["--quick", "--tasks", "regression", "--optimizers", "FF", "--steps", "20", "--workers", "1",
+            "--out", str(tmp_path / "out")]
+    first = l2o_quality.main(argv)
+    assert sorted(calls) == sorted([("regression", ("FF", 1.0), 0)]
+                                   + [("regression", ("Adam", lr), 0) for lr in l2o_quality.QUICK_GRID])
+    assert len(list((tmp_path / "out" / "runs_cache").glob("regression_Adam_*.json"))) == 3
+    calls.clear()
+    second = l2o_quality.main(argv)
+    assert calls == [("regression", ("FF", 1.0), 0)]  # the learned rule reruns, the baselines do not
+    assert second["runs"] == first["runs"]
+
+
+def test_muon_trains_only_hidden_weight_matrices():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = l2o_quality.make_optimizer(("Muon", 1e-2), model, None)
+    assert [p for group in opt.muon.param_groups for p in group["params"]] == [model[3].weight]
+    assert opt.muon.defaults["adjust_lr_fn"] == "match_rms_adamw"
+    others = {id(p) for group in opt.adamw.param_groups for p in group["params"]}
+    assert others == {id(p) for p in model.parameters()} - {id(model[3].weight)}
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(5, 4)).square().mean().backward()
+    opt.step()
+    assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    transformer = l2o_quality.hidden_matrices(l2o_quality.make_task("transformer", 0).model)
+    assert "layers.0.self_attn.in_proj_weight" in transformer and "layers.1.linear2.weight" in transformer
+    assert not any(name.startswith(("embed", "pos", "head")) for name in transformer)
+    cnn = l2o_quality.make_optimizer(("Muon", 1e-2), l2o_quality.make_task("resnet-cnn", 0).model, None)
+    assert cnn.muon is None  # conv kernels are 4-D, the classifier is the output layer: AdamW only
+
+
+def test_l2o_quality_tasks_trace_without_falling_back_to_a_chained_graph():
+    from l2o import NeuralGraphOpt
+
+    for name in l2o_quality.TASKS:
+        task = l2o_quality.make_task(name, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            NeuralGraphOpt(task.model.parameters(), model=task.model, example_inputs=task.example_inputs(),
+                           compile=False)
+        assert math.isfinite(task.loss(task.init_params(), task.batch(0)).item()), name
+    with pytest.raises(ValueError, match="unknown task 'mlp'"):
+        l2o_quality.make_task("mlp", 0)
+    with pytest.raises(ValueError, match="unknown optimizer 'SGD'"):
+        l2o_quality.make_optimizer(("SGD", 0.1), nn.Linear(2, 2), None)
 
 
 def test_l2o_quality_graph_ablation_trains_on_the_chained_graph():

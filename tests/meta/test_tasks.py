@@ -25,6 +25,9 @@ CASES = [
     ("cnn", {"norms": ["group"], "channels": [16], "depths": [2]}, 0.5),
     ("transformer", {"d_models": [16], "depths": [1]}, 0.1),
     ("inr", {}, 0.05),
+    ("autoencoder", {"widths": [32], "bottlenecks": [8], "batch_size": 32}, 1.0),
+    ("regression", {"widths": [16], "train_size": 256, "test_size": 64}, 0.1),
+    ("resnet", {"channels": [8], "blocks": [1], "dataset": "digits", "batch_size": 16}, 0.1),
 ]
 
 
@@ -142,3 +145,62 @@ def test_markov_chain_of_order_two_follows_its_transitions():
     assert torch.equal(targets[:, :-1], inputs[:, 1:])
     with pytest.raises(ValueError, match=r"vocab\^k"):
         MarkovChainTask(task.model, torch.ones(5, 3) / 3, seq_len=8, batch_size=2, seed=0, name="bad")
+
+
+NEW_TASKS = {  # one small member of each family added for benchmarks/l2o_quality.py
+    "autoencoder": {"widths": [32], "bottlenecks": [8], "batch_size": 16},
+    "regression": {"widths": [16], "depths": [2], "train_size": 256, "test_size": 64, "batch_size": 16},
+    "resnet": {"channels": [8], "blocks": [2], "dataset": "digits", "batch_size": 16},
+}
+
+
+@pytest.mark.parametrize("family", list(NEW_TASKS))
+def test_new_task_is_deterministic_finite_and_trainable(family):
+    """Batches are a pure function of (seed, split, step), the loss is finite and every parameter gets a
+    nonzero gradient (e.g. the residual CNN's BatchNorm scales and both branches of the skip)."""
+    make = lambda: FAMILIES[family](**NEW_TASKS[family]).sample(2)  # noqa: E731
+    a, b = make(), make()
+    assert a.name == b.name
+    assert all(torch.equal(x, y) for x, y in zip(a.init_params().values(), b.init_params().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.batch(5), b.batch(5)))
+    assert all(torch.equal(x, y) for x, y in zip(a.batch(5, "test"), b.batch(5, "test")))
+    assert not torch.equal(a.batch(5)[0], a.batch(6)[0]) and not torch.equal(a.batch(5)[0], a.batch(5, "test")[0])
+    params = {k: v.requires_grad_() for k, v in a.init_params().items()}
+    loss = a.loss(params, a.batch(0))
+    assert loss.shape == () and torch.isfinite(loss)
+    for name, grad in zip(params, torch.autograd.grad(loss, list(params.values()))):
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_regression_set_is_fixed_offline_and_noisy():
+    """The teacher set depends on ``data_seed`` only (like a data set), with unit-variance targets."""
+    from l2o.meta.tasks.regression import teacher_data
+
+    family = FAMILIES["regression"](train_size=512, test_size=128)
+    first, other = family.sample(0), family.sample(1)
+    assert first.data is other.data and first.data.train_inputs.shape == (512, 16)
+    assert first.data.test_targets.shape == (128, 1)
+    assert abs(float(first.data.train_targets.std()) - (1 + 0.1**2) ** 0.5) < 0.05
+    shifted = teacher_data(16, 64, 2, 2.0, 0.1, 512, 128, 1)
+    assert not torch.equal(shifted.train_targets, first.data.train_targets)
+
+
+def test_residual_cnn_traces_with_its_skips_and_batchnorm():
+    from encoders import NeuralGraph
+    from encoders.builder import EdgeKind
+
+    task = FAMILIES["resnet"](channels=[8], blocks=[2], dataset="digits").sample(0)
+    graph = NeuralGraph.from_module(task.model)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in task.model.modules())
+    assert norms == 5  # stem + 2 per block
+    assert int((graph.edge_kind == EdgeKind.RESIDUAL).sum()) == 2 * 8  # one identity edge per channel per block
+    assert int((graph.edge_kind == EdgeKind.NORM).sum()) == norms * 8
+
+
+def test_new_family_options_are_checked():
+    with pytest.raises(ValueError, match="unknown output"):
+        FAMILIES["autoencoder"](output="tanh")
+    with pytest.raises(ValueError, match="unknown norms"):
+        FAMILIES["resnet"](norms=["layer"])
+    with pytest.raises(ValueError, match="unknown activations"):
+        FAMILIES["regression"](activations=["swish"])

@@ -1,11 +1,13 @@
 """Inner problems for meta-training and the registry of task families by name."""
 
 from l2o.meta.tasks.augment import ReparamFamily, ReparamTask
+from l2o.meta.tasks.autoencoder import AutoencoderFamily, AutoencoderTask
 from l2o.meta.tasks.base import Batch, MixtureFamily, Task, TaskFamily, seeded
-from l2o.meta.tasks.image import CNNFamily, ImageClassificationTask, MLPFamily
+from l2o.meta.tasks.image import CNNFamily, ImageClassificationTask, MLPFamily, ResNetFamily
 from l2o.meta.tasks.image_data import ImageData, load_image_data
 from l2o.meta.tasks.inr import INRFamily, INRTask
 from l2o.meta.tasks.quadratic import QuadraticFamily, QuadraticTask
+from l2o.meta.tasks.regression import RegressionFamily, RegressionTask
 from l2o.meta.tasks.sequence import MarkovChainTask, TransformerFamily
 
 FAMILIES: dict[str, type[TaskFamily]] = {
@@ -14,10 +16,15 @@ FAMILIES: dict[str, type[TaskFamily]] = {
     "cnn": CNNFamily,
     "transformer": TransformerFamily,
     "inr": INRFamily,
+    "autoencoder": AutoencoderFamily,
+    "regression": RegressionFamily,
+    "resnet": ResNetFamily,
 }
 
 __all__ = [
     "FAMILIES",
+    "AutoencoderFamily",
+    "AutoencoderTask",
     "Batch",
     "CNNFamily",
     "INRFamily",
@@ -29,8 +36,11 @@ __all__ = [
     "MixtureFamily",
     "QuadraticFamily",
     "QuadraticTask",
+    "RegressionFamily",
+    "RegressionTask",
     "ReparamFamily",
     "ReparamTask",
+    "ResNetFamily",
     "Task",
     "TaskFamily",
     "TransformerFamily",

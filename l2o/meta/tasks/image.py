@@ -1,4 +1,4 @@
-"""Image classification inner problems: MLPs and CNNs of random shape on in-memory image data."""
+"""Image classification inner problems: MLPs, CNNs and residual CNNs of random shape on in-memory image data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from l2o.meta.seeding import derive_seed
 from l2o.meta.tasks.base import Batch, Task, TaskFamily, seeded
 from l2o.meta.tasks.image_data import ImageData, load_image_data
 
-__all__ = ["ACTIVATIONS", "CNNFamily", "ImageClassificationTask", "MLPFamily"]
+__all__ = ["ACTIVATIONS", "CNNFamily", "ImageClassificationTask", "MLPFamily", "ResidualBlock", "ResNetFamily"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -162,11 +162,61 @@ class CNNFamily(_ImageFamily):
         c_in = data.train_images.shape[1]
         for i, (c_out, k) in enumerate(shape):
             layers.append(nn.Conv2d(c_in, c_out, k, stride=1 if i == 0 else 2, padding=k // 2))
-            if norm == "batch":
-                layers.append(nn.BatchNorm2d(c_out, track_running_stats=False))
-            elif norm == "group":
-                layers.append(nn.GroupNorm(next(g for g in (4, 2, 1) if c_out % g == 0), c_out))
-            layers.append(activation())
+            layers += [*_channel_norm(c_out, norm), activation()]
             c_in = c_out
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, data.num_classes)]
         return nn.Sequential(*layers), "-".join(f"{c}k{k}" for c, k in shape)
+
+
+def _channel_norm(channels: int, norm: str) -> list[nn.Module]:
+    """The normalization of conv feature maps named ``norm`` (none: ``[]``)."""
+    if norm == "batch":
+        return [nn.BatchNorm2d(channels, track_running_stats=False)]
+    if norm == "group":
+        return [nn.GroupNorm(next(g for g in (4, 2, 1) if channels % g == 0), channels)]
+    return []
+
+
+def _conv_norm(channels: int, norm: str) -> list[nn.Module]:
+    """A 3x3 convolution ``channels -> channels`` keeping the resolution, then ``norm``."""
+    return [nn.Conv2d(channels, channels, 3, padding=1), *_channel_norm(channels, norm)]
+
+
+class ResidualBlock(nn.Module):
+    """``activation(x + body(x))`` with ``body`` = conv-norm-activation-conv-norm (3x3, same channels
+    and resolution, so the skip needs no projection). ``forward(x [B, C, H, W]) -> [B, C, H, W]``."""
+
+    def __init__(self, channels: int, activation: type[nn.Module], norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv_norm(channels, norm), activation(), *_conv_norm(channels, norm))
+        self.activation = activation()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(x + self.body(x))
+
+
+class ResNetFamily(_ImageFamily):
+    """Small residual CNNs: a 3x3 stem convolution (norm, activation) to ``C`` channels, ``blocks``
+    :class:`ResidualBlock` s at full resolution, global average pooling and a linear classifier.
+
+    Norms: ``"none"``, ``"batch"`` (batch statistics only, so the forward pass stays a pure function
+    of the parameters), ``"group"``.
+    """
+
+    name = "resnet"
+    valid_norms = ("none", "batch", "group")
+
+    def __init__(self, channels: Sequence[int] = (8, 16), blocks: Sequence[int] = (1, 2), **options) -> None:
+        options.setdefault("norms", ("batch",))
+        super().__init__(**options)
+        self.channels, self.blocks = tuple(channels), tuple(blocks)
+
+    def build(
+        self, rng: random.Random, data: ImageData, activation: type[nn.Module], norm: str
+    ) -> tuple[nn.Module, str]:
+        channels, blocks = rng.choice(self.channels), rng.choice(self.blocks)
+        stem = nn.Conv2d(data.train_images.shape[1], channels, 3, padding=1)
+        layers: list[nn.Module] = [stem, *_channel_norm(channels, norm), activation()]
+        layers += [ResidualBlock(channels, activation, norm) for _ in range(blocks)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, data.num_classes)]
+        return nn.Sequential(*layers), f"{channels}x{blocks}blocks"

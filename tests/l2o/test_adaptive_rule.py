@@ -1,0 +1,182 @@
+"""AdaptiveGraphRule: Prodigy at initialisation, permutation equivariance, graph context, and the
+optimizer contract (resume, frozen parameters, parameter groups, bf16, meta-gradients)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from l2o import AdaptiveGraphRule, NeuralGraphOpt, learned_step
+from l2o.hub import load_rule, save_pretrained
+from tests.l2o.test_graph_rule import permuted_pair, train
+from tests.l2o.test_optim import _batch, _model, _train
+
+
+def random_rule(seed: int = 0) -> AdaptiveGraphRule:
+    """Every meta-parameter random (the zero-initialised head would hide the graph)."""
+    torch.manual_seed(seed)
+    rule = AdaptiveGraphRule().double()
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.normal_(0, 0.5)
+    return rule
+
+
+def prodigy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, d0: float = 1e-6) -> list[float]:
+    """Prodigy (the prodigyopt package's step with safeguard_warmup and bias correction), written
+    out element by element: the slow path the rule's initialisation must reproduce. Returns d."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    b3 = math.sqrt(b2)
+    params = list(model.parameters())
+    x0 = [p.detach().clone() for p in params]
+    m, v, s = ([torch.zeros_like(p) for p in params] for _ in range(3))
+    d, numerator, ds = d0, 0.0, []
+    for k in range(steps):
+        model.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        with torch.no_grad():
+            correction = math.sqrt(1 - b2 ** (k + 1)) / (1 - b1 ** (k + 1))
+            numerator = b3 * numerator + (d / d0) * d * correction * sum(
+                float((p.grad * (a - p)).sum()) for p, a in zip(params, x0))
+            for i, p in enumerate(params):
+                m[i] = b1 * m[i] + (1 - b1) * d * p.grad
+                v[i] = b2 * v[i] + (1 - b2) * d * d * p.grad ** 2
+                s[i] = b3 * s[i] + (d / d0) * d * p.grad
+            new_d = max(d, numerator / sum(float(t.abs().sum()) for t in s))
+            for i, p in enumerate(params):
+                p -= d * correction * m[i] / (v[i].sqrt() + new_d * eps)
+            d = new_d
+        ds.append(d)
+    return ds
+
+
+def test_initial_rule_is_prodigy():
+    x, y = (t.double() for t in _batch())
+    model, expected = _model().double(), _model().double()
+    ds = prodigy(expected, x, y, steps=60)
+    opt = NeuralGraphOpt(model.parameters(), rule=AdaptiveGraphRule().double(), model=model)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    assert ds[-1] > 1000 * ds[0], "d should have grown from d0"
+    torch.testing.assert_close(opt.rule_state["d"].item(), ds[-1], rtol=1e-10, atol=0)
+    for p, q in zip(model.parameters(), expected.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "resnet", "transformer"])
+def test_step_on_permuted_network_is_the_permuted_step(name):
+    from encoders.symmetry import permute_flat
+
+    model, permuted, example, graph, sigma = permuted_pair(name)
+    rule = random_rule()
+    after = train(model, example, rule)
+    after_permuted = train(permuted, example, rule)
+    assert (after - graph.to_flat()).abs().max() > 1e-8, "the steps should move the parameters"
+    torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
+
+
+def test_update_uses_graph_context():
+    """Changing the last layer's gradient changes the first layer's update through the GNN (d is
+    kept: only the head sees the graph)."""
+    model = _model().double()
+    params = [p.detach() for p in model.parameters()]
+    rule = random_rule()
+    context = rule.build_context(params, model)
+    torch.manual_seed(3)
+    grads = [torch.randn_like(p) for p in params]
+    other = [g.clone() for g in grads]
+    other[-2] = torch.randn_like(other[-2]) * grads[-2].norm() / other[-2].norm()
+    first, _ = rule(params, grads, rule.init_state(params), context)
+    second, _ = rule(params, other, rule.init_state(params), context)
+    assert (first[0] - second[0]).abs().max() > 1e-3 * first[0].abs().max()
+
+
+def test_meta_gradients_reach_every_part_of_the_rule():
+    model = _model().double()
+    params = [p.detach() for p in model.parameters()]
+    rule = random_rule()
+    context = rule.build_context(params, model)
+    meta = dict(rule.named_parameters())
+    state = rule.init_state(params)
+    x, y = (t.double() for t in _batch())
+    for _ in range(3):
+        with torch.enable_grad():
+            leaves = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
+            out = torch.func.functional_call(model, dict(zip([n for n, _ in model.named_parameters()], leaves)), (x,))
+            grads = torch.autograd.grad(nn.functional.mse_loss(out, y), leaves)
+        params, state = learned_step(rule, params, [g.detach() for g in grads], state, context, meta_params=meta)
+    loss = nn.functional.mse_loss(torch.func.functional_call(
+        model, dict(zip([n for n, _ in model.named_parameters()], params)), (x,)), y)
+    loss.backward()
+    for name in ("head_out.weight", "head_in.weight", "node_in.weight", "gnn.0.message.weight", "to_source.weight"):
+        grad = meta[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_state_dict_round_trip_is_bit_identical_and_state_is_16_bytes_per_element():
+    model = _model()
+    opt = NeuralGraphOpt(model.parameters(), lr=0.5, weight_decay=0.01, rule="neural-graph-adaptive", model=model)
+    _train(model, opt, 5)
+    per_param = [k for k, v in opt.rule_state.items() if isinstance(v, list)]
+    n = sum(p.numel() for p in model.parameters())
+    assert sum(t.numel() * t.element_size() for k in per_param for t in opt.rule_state[k]) == 16 * n
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    _train(model, opt, 5, seed=2)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = _model(seed=7)
+    resumed.load_state_dict(saved["model"])
+    opt2 = NeuralGraphOpt(resumed.parameters(), rule="neural-graph-adaptive", model=resumed)
+    opt2.load_state_dict(saved["opt"])
+    _train(resumed, opt2, 5, seed=2)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+
+
+def test_frozen_parameters_new_groups_nonfinite_gradients_and_bfloat16():
+    model = _model()
+    opt = NeuralGraphOpt([{"params": model[2].parameters()}], rule="neural-graph-adaptive", model=model)
+    frozen = [p.detach().clone() for p in model[0].parameters()]
+    x, y = _batch()
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.mse_loss(model[2](model[1](model[0](x).detach())), y).backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model[0].parameters()))
+    opt.add_param_group({"params": list(model[0].parameters())})
+    _train(model, opt, 2)
+    assert not torch.equal(frozen[0], model[0].weight) and int(opt.rule_state["step"]) == 4
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    model[0].bias.grad[0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    # bfloat16: Prodigy's first steps (~d0) are below the rounding; d must still grow, and then they move
+    half = _model().to(torch.bfloat16)
+    opt = NeuralGraphOpt(half.parameters(), rule="neural-graph-adaptive", model=half)
+    before = [p.detach().clone() for p in half.parameters()]
+    for _ in range(80):
+        opt.zero_grad()
+        nn.functional.mse_loss(half(x.bfloat16()), y.bfloat16()).backward()
+        opt.step()
+    assert all(t.dtype == torch.float32 for t in opt.rule_state["mom"] + opt.rule_state["shift"])
+    assert opt.rule_state["d"] > 100 * opt.rule.d0
+    assert all(not torch.equal(a, b) for a, b in zip(before, half.parameters()))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    rule = random_rule().float()
+    loaded = load_rule(save_pretrained(rule, tmp_path / "rule"))
+    assert isinstance(loaded, AdaptiveGraphRule) and loaded.config() == rule.config()
+    assert all(torch.equal(a, b) for a, b in zip(rule.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ValueError, match="betas"):
+        AdaptiveGraphRule(betas=(0.9, 1.0))
