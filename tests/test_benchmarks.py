@@ -234,3 +234,21 @@ def test_fused_targets_are_judged_from_the_rows():
     assert "30.0 met" in lines[2]  # transient is judged above 1M parameters only
     gpu = step_overhead.fused_targets([row("ViT-B/16 bf16", 8.6e7, 12.0)], [], "cuda")
     assert "0.50x met" in gpu and "12.0x MISSED" in gpu
+
+
+def test_rule_validation_summary():
+    from benchmarks import rule_validation
+
+    runs = [{"index": i, "task": f"t{i}", "rule": rule, "final": final}
+            for i, (a, b) in enumerate([(1.0, 0.5), (2.0, 4.0)]) for rule, final in (("a", a), ("b", b))]
+    summary, table = rule_validation.summarize(runs, ["a", "b"])
+    assert summary["a"] == {"geomean_ratio": 1.0, "wins": 0}
+    assert summary["b"]["geomean_ratio"] == pytest.approx(1.0) and summary["b"]["wins"] == 1
+    assert "| t1 | 2 | 4 |" in table
+
+
+def test_rule_validation_trains_a_held_out_task():
+    from benchmarks import rule_validation
+
+    run = rule_validation.run("l2o/meta/configs/adaptive_neural_graph.yaml", 0, "neural-graph-adaptive", 60)
+    assert run["index"] == 0 and run["final"] > 0 and run["task"]

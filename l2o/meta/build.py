@@ -49,6 +49,7 @@ def build_estimator(config: MetaTrainConfig, rule: UpdateRule, device: torch.dev
         lr=config.inner.lr,
         weight_decay=config.inner.weight_decay,
         initial_offset=config.truncation.initial_offset,
+        divergence=config.inner.divergence,
         seed=derive_seed(config.seed, "inner"),
         device=device,
     )

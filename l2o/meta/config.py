@@ -102,12 +102,15 @@ class TruncationConfig:
 class InnerConfig:
     """Inner training: ``lr`` and ``weight_decay`` of ``learned_step``; the meta-loss kind; whether
     truncated backprop differentiates through the inner gradients (``second_order``) or treats them
-    as constants (first order, as Andrychowicz et al. 2016)."""
+    as constants (first order, as Andrychowicz et al. 2016); ``divergence`` (``null``: off): cap
+    meta-loss terms at that many times the episode's first loss and end episodes that exceed it
+    (see :class:`~l2o.meta.truncated_step.TruncatedStep`)."""
 
     lr: float = 1.0
     weight_decay: float = 0.0
     meta_loss: str = "train_mean"
     second_order: bool = True
+    divergence: float | None = None
 
 
 @dataclass

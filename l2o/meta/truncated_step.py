@@ -38,6 +38,7 @@ class InnerState:
         length: the episode ends when ``step == length``.
         params: inner parameters, in the task's parameter order.
         opt_state: the rule's optimizer state.
+        initial_loss: the episode's first training loss (set by its first truncation).
     """
 
     slot: int
@@ -46,6 +47,7 @@ class InnerState:
     length: int
     params: list[Tensor]
     opt_state: dict[str, Any]
+    initial_loss: float | None = None
 
     def detached(self) -> InnerState:
         """The same state cut from any autograd graph."""
@@ -66,7 +68,7 @@ class UnrollOutput:
         train_losses: ``[k]`` inner training loss before each of the ``k`` steps (detached).
         start: inner iteration of the first step.
         task: the task's name.
-        done: whether the episode ended with this truncation.
+        done: whether the episode ended with this truncation (its last step, or it diverged).
     """
 
     slot: int
@@ -115,6 +117,12 @@ class TruncatedStep:
         weight_decay: passed to :func:`~l2o.functional.learned_step`.
         initial_offset: the first episode of each slot starts at a random inner iteration in
             ``[0, min(initial_offset, length - 1)]`` so that slots finish at different times.
+        divergence: ``None`` (off), or a factor ``c``: each meta-loss term is capped at ``c`` times
+            the episode's first training loss (a capped term passes no meta-gradient), and an
+            episode whose training loss exceeds that bound (or is not finite) ends with this
+            truncation. Why: one inner run that blows up (a loss of 1e10 on a regression) would
+            otherwise dominate the mean meta-loss of every slot, and its meta-gradient, for the
+            rest of its episode; clipping cannot fix the direction of such a gradient.
         seed: keys every task, length and offset draw.
         device: where the inner problems run (their models, parameters and batches; the rule must be
             there too). Batches are still drawn on the CPU, so every device sees the same data.
@@ -132,9 +140,12 @@ class TruncatedStep:
         lr: float = 1.0,
         weight_decay: float = 0.0,
         initial_offset: int = 0,
+        divergence: float | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        if divergence is not None and not divergence > 1:
+            raise ValueError(f"divergence must be a factor > 1 or None, got {divergence}")
         if meta_loss not in META_LOSSES:
             raise ValueError(f"unknown meta_loss {meta_loss!r}; choose one of {list(META_LOSSES)}")
         if unroll_length < 1:
@@ -142,7 +153,7 @@ class TruncatedStep:
         self.rule, self.family, self.schedule = rule, family, schedule
         self.unroll_length, self.meta_loss, self.second_order = unroll_length, meta_loss, second_order
         self.lr, self.weight_decay = lr, weight_decay
-        self.initial_offset, self.seed = initial_offset, seed
+        self.initial_offset, self.divergence, self.seed = initial_offset, divergence, seed
         self.device = torch.device(device)
         self._tasks: dict[tuple[int, int], _TaskEntry] = {}
 
@@ -195,12 +206,15 @@ class TruncatedStep:
         entry = self.task(state.slot, state.episode)
         task, names = entry.task, entry.names
         steps = min(self.unroll_length, state.length - state.step)
+        initial_loss = state.initial_loss
         with torch.set_grad_enabled(differentiable):
             params, opt_state = state.params, state.opt_state
             train_losses, terms = [], []
             for i in range(steps):
                 batch = self._batch(task, state.step + i)
                 loss, grads = _loss_and_grads(task, names, params, batch, differentiable and self.second_order)
+                if initial_loss is None:
+                    initial_loss = float(loss.detach())
                 params, opt_state = learned_step(
                     self.rule,
                     params,
@@ -213,21 +227,31 @@ class TruncatedStep:
                 )
                 train_losses.append(loss.detach())
                 if self.meta_loss == "train_mean":
-                    terms.append(task.loss(dict(zip(names, params)), batch))
+                    terms.append(self._capped(task.loss(dict(zip(names, params)), batch), initial_loss))
             if self.meta_loss == "train_mean":
                 meta_loss = torch.stack(terms).mean()
             else:
-                meta_loss = task.loss(dict(zip(names, params)), self._batch(task, state.step + steps, "test"))
-        new_state = replace(state, step=state.step + steps, params=params, opt_state=opt_state)
+                held_out = self._batch(task, state.step + steps, "test")
+                meta_loss = self._capped(task.loss(dict(zip(names, params)), held_out), initial_loss)
+        diverged = self.divergence is not None and not all(
+            float(x) <= self.divergence * abs(initial_loss) for x in [*train_losses, *terms])
+        new_state = replace(state, step=state.step + steps, params=params, opt_state=opt_state,
+                            initial_loss=initial_loss)
         output = UnrollOutput(
             slot=state.slot,
             meta_loss=meta_loss,
             train_losses=torch.stack(train_losses),
             start=state.step,
             task=task.name,
-            done=new_state.step >= state.length,
+            done=new_state.step >= state.length or diverged,
         )
         return new_state, output
+
+    def _capped(self, loss: Tensor, initial_loss: float) -> Tensor:
+        """``loss`` capped at ``divergence * |initial_loss|`` (unchanged when ``divergence`` is off)."""
+        if self.divergence is None:
+            return loss
+        return loss.clamp(max=self.divergence * abs(initial_loss))
 
     def _batch(self, task: Task, step: int, split: str = "train") -> Batch:
         """``task``'s batch (drawn on the CPU) on :attr:`device`."""

@@ -52,7 +52,7 @@ def test_yaml_config_loads_and_round_trips(tmp_path):
         ),
         ({"truncation": {"schedule": "linear"}}, r"choose one of \['constant', 'log_uniform'\]"),
         ({"inner": {"meta_loss": "final"}}, r"choose one of \['heldout_last', 'train_mean'\]"),
-        ({"tasks": [{"family": "resnet"}]}, r"unknown tasks\[0\].family 'resnet'; choose one of \['cnn', 'inr', 'mlp'"),
+        ({"tasks": [{"family": "vit"}]}, r"unknown tasks\[0\].family 'vit'; choose one of \['autoencoder', 'cnn'"),
         (
             {"tasks": [{"family": "mlp", "width": 3}]},
             r"unknown option\(s\) \['width'\] for tasks\[0\] \(mlp\); valid options: .*'widths'",

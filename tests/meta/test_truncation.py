@@ -61,3 +61,25 @@ def test_meta_loss_kinds():
     expected = task.task.loss(dict(zip(task.names, new_state.params)), task.task.batch(3, "test"))
     assert torch.equal(out.meta_loss, expected)
     assert not torch.equal(out.meta_loss, train.unroll(train.init_state(0))[1].meta_loss)
+
+
+def test_diverging_episodes_are_capped_and_ended():
+    """SGD with a step far above 2 / curvature blows up the quadratic: with ``divergence`` the
+    meta-loss terms stop at the bound (no meta-gradient from them) and the episode ends early."""
+    family = QuadraticFamily(dim=2)
+    free = TruncatedStep(LogLRRule(lr=30.0), family, ConstantSchedule(40), unroll_length=5)
+    guarded = TruncatedStep(LogLRRule(lr=30.0), family, ConstantSchedule(40), unroll_length=5, divergence=10.0)
+    _, out = free.unroll(free.init_state(0))
+    assert not out.done and out.meta_loss > 1e3 * out.train_losses[0]
+    state = guarded.init_state(0)
+    state, out = guarded.unroll(state, differentiable=True)
+    bound = 10.0 * out.train_losses[0].item()
+    assert state.initial_loss == pytest.approx(out.train_losses[0].item())
+    assert out.done and state.step == 5 < state.length
+    assert out.meta_loss.item() == pytest.approx(bound)  # every term after the first step is capped
+    (grad,) = torch.autograd.grad(out.meta_loss, guarded.rule.log_lr)
+    assert torch.isfinite(grad)
+    calm = TruncatedStep(LogLRRule(lr=0.01), family, ConstantSchedule(40), unroll_length=5, divergence=10.0)
+    assert not calm.unroll(calm.init_state(0))[1].done
+    with pytest.raises(ValueError, match="divergence"):
+        TruncatedStep(LogLRRule(), family, ConstantSchedule(3), unroll_length=1, divergence=0.5)
