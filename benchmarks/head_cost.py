@@ -49,7 +49,7 @@ def measure(shape: tuple[int, int], activation: str, hidden: int, repeats: int) 
         direction, magnitude = fused.head_outputs(f, w, o, bias, lambda j: r[j][:, None] + c[j][None, :], act)
         return direction * torch.exp(magnitude)
 
-    compiled = fused._compiled(step)
+    compiled = fused.compile_static(step)
     seconds = median_time(lambda: compiled(features, weight, out, rows, cols), repeats, warmup=2)
     n = shape[0] * shape[1]
     return {"shape": list(shape), "head": f"{hidden} x {activation}", "s": seconds, "ns_per_element": seconds / n * 1e9}

@@ -90,6 +90,13 @@ class AdaptiveGraphRule(GraphRuleBase):
         """Prodigy's statistics, see :func:`l2o.distance.init_stats`."""
         return D.init_stats(params, self.d0)
 
+    def fused_step(self, context: GraphContext) -> Any:
+        """:class:`l2o.fused_adaptive.FusedAdaptiveStep` on ``context``: the same update in two
+        compiled passes per parameter."""
+        from l2o.fused_adaptive import FusedAdaptiveStep  # imports torch._dynamo: only when wanted
+
+        return FusedAdaptiveStep(self, context)
+
     def forward(
         self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: GraphContext | None = None
     ) -> tuple[list[Tensor], dict[str, Any]]:
@@ -98,7 +105,8 @@ class AdaptiveGraphRule(GraphRuleBase):
         context = self._check_context(params, context)
         new_state = D.update_stats(grads, state, self.betas, self.d0)
         dtype = self.node_in.weight.dtype
-        feats = [D.features(p, g, new_state, i, self.eps).to(dtype) for i, (p, g) in enumerate(zip(params, grads))]
+        feats = [D.features(p, g, new_state, i, state["d"], self.eps).to(dtype)
+                 for i, (p, g) in enumerate(zip(params, grads))]
         sums = self.node_in.weight.new_zeros(3, context.num_nodes, len(self.feature_names))
         for i, f in enumerate(feats):
             if f.numel():

@@ -117,13 +117,14 @@ def direction(mom: Tensor, rms: Tensor, d: Tensor, eps: float = 1e-8) -> Tensor:
     return mom / (torch.sqrt(rms.clamp(min=1e-30)) + d.to(rms.dtype) * eps)
 
 
-def features(param: Tensor, grad: Tensor, state: dict[str, Any], index: int, eps: float = 1e-8) -> Tensor:
+def features(param: Tensor, grad: Tensor, state: dict[str, Any], index: int, d: Tensor, eps: float = 1e-8) -> Tensor:
     """The :data:`FEATURE_NAMES` features of parameter ``index`` after :func:`update_stats`:
-    ``[7, R, C]`` over its matrix view ``R = S[0]``, ``C = prod(S[1:])``."""
+    ``[7, R, C]`` over its matrix view ``R = S[0]``, ``C = prod(S[1:])``. ``d`` is the step's
+    estimate *before* the update: the features can then be pooled in the same pass over the
+    parameters that advances the statistics, before the new ``d`` (a sum over all of them) exists."""
     shape = matrix_shape(param.shape)
     mom, rms = state["mom"][index], state["rms"][index]
     p, g = param.to(mom.dtype), grad.to(mom.dtype)
-    d = state["d"]
     denominator = torch.sqrt(rms.clamp(min=1e-30)) + d.to(rms.dtype) * eps
     scaled = torch.stack([g, p, mom, state["grad_sum"][index], state["shift"][index]]).reshape(_N_SCALED, *shape)
     n = max(scaled[0].numel(), 1)

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from l2o.graph_rule import GraphContext, NeuralGraphRule, NeuronMap
 
 __all__ = ["FusedStep", "all_finite", "compile_unavailable", "compiled_all_finite", "head_outputs", "head_tables",
-           "tensor_stats_", "tensor_update_"]
+           "Specialized", "compile_static", "pool_sites", "pool_sums", "table_context", "tensor_stats_",
+           "tensor_update_"]
 
 _N_FEAT = len(F.COMPACT_FEATURE_NAMES)
 _N_LINEAR = 5  # features g, p, m0, m1, m2: divided by their RMS over the tensor (the scales)
@@ -72,7 +73,7 @@ waited forever on a compile future, seen in the test suite); each of these graph
 kernels, so compiling them in the calling thread costs little."""
 
 
-def _compiled(fn: Callable) -> Callable:
+def compile_static(fn: Callable) -> Callable:
     """``fn`` through ``torch.compile`` as the fused step compiles: static shapes, the options above."""
     return torch.compile(fn, dynamic=False, options=_INDUCTOR_OPTIONS)
 
@@ -153,6 +154,12 @@ def tensor_stats_(
     row_vhat = row[0] / row[0].mean()
     feats = [f.to(dtype) for f in _features(p, g, mom, rms, row_vhat, col[0])]
     feature_scales = torch.cat([scales.to(dtype), scales.new_ones(_N_FEAT - _N_LINEAR, dtype=dtype)])
+    return scales, row_vhat, pool_sums(feats, feature_scales, pools)
+
+
+def pool_sums(feats: Sequence[Tensor], feature_scales: Tensor, pools: tuple[str, ...]) -> list[Tensor]:
+    """``feats`` (``F`` tensors ``[R, C]``) times ``feature_scales [F]``, summed as each entry of
+    ``pools`` needs them: per row ``[R, F]``, per column ``[C, F]`` or per element ``[R * C, F]``."""
     sums = []
     for along in pools:
         if along == "row":
@@ -161,7 +168,7 @@ def tensor_stats_(
             sums.append(torch.stack([f.sum(0) for f in feats], 1) * feature_scales)
         else:
             sums.append(torch.stack([f.reshape(-1) for f in feats], 1) * feature_scales)
-    return scales, row_vhat, sums
+    return sums
 
 
 def head_tables(
@@ -179,6 +186,20 @@ def head_tables(
         else:
             full.append((neurons.ids, table.T.contiguous()))
     return rows.contiguous(), cols.contiguous(), full
+
+
+def table_context(tables: tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]) -> Callable[[int], Tensor]:
+    """``context(j)`` for :func:`head_outputs` from :func:`head_tables`: hidden unit ``j``'s bias
+    over the ``[R, C]`` tensor (row part + column part + element-wise gathers)."""
+    rows, cols, full = tables
+
+    def context(j: int) -> Tensor:
+        hidden = rows[j][:, None] + cols[j][None, :]
+        for ids, table in full:
+            hidden = hidden + table[j][ids]
+        return hidden
+
+    return context
 
 
 def tensor_update_(
@@ -206,17 +227,10 @@ def tensor_update_(
     """
     p, g = param.to(rms.dtype), grad.to(rms.dtype)
     w_in, w_out, b_out = head
-    rows, cols, full = tables
     weight = torch.cat([w_in[:, :_N_LINEAR] * scales.to(w_in.dtype), w_in[:, _N_LINEAR:]], dim=1)
     feats = [f.to(w_in.dtype) for f in _features(p, g, mom, rms, row_vhat, col[0])]
 
-    def context(j: int) -> Tensor:
-        hidden = rows[j][:, None] + cols[j][None, :]
-        for ids, table in full:
-            hidden = hidden + table[j][ids]
-        return hidden
-
-    direction, magnitude = head_outputs(feats, weight, w_out, b_out, context)
+    direction, magnitude = head_outputs(feats, weight, w_out, b_out, table_context(tables))
     adam = mom[0] * corrections[0] / (torch.sqrt(rms.clamp(min=1e-30)) * corrections[1] + 1e-8)
     update = F.direction_magnitude_update(direction, magnitude, adam, *form[:3], gated=form[3])
     update = update.to(param.dtype) + weight_decay.to(param.dtype) * param
@@ -231,7 +245,7 @@ def _matrix_views(param: Tensor, grad: Tensor, stats: F.TensorStats) -> tuple[Te
             stats.rms.view(n_rows, n_cols), stats.row, stats.col)
 
 
-def _pools(context: GraphContext, i: int) -> list[tuple[str, NeuronMap, int]]:
+def pool_sites(context: GraphContext, i: int) -> list[tuple[str, NeuronMap, int]]:
     """Where parameter ``i``'s features are pooled: ``(along, neurons, column block of pooled)``
     for in-weights (block 0, by target), out-weights (1, by source) or own parameters (2)."""
     if context.on_edge[i]:
@@ -246,7 +260,7 @@ def _signature(args: tuple) -> tuple:
                  for a in tree_leaves(args))
 
 
-class _Specialized:
+class Specialized:
     """``fn`` compiled once per call signature (:func:`_signature`), each in a copy of ``fn`` with
     its own code object, and the copy for each call site (a parameter's index) remembered.
 
@@ -273,7 +287,7 @@ class _Specialized:
                     code = self.fn.__code__.replace(co_name=f"{self.fn.__name__}_{len(self._by_signature)}")
                     copy = types.FunctionType(code, self.fn.__globals__, code.co_name, self.fn.__defaults__,
                                               self.fn.__closure__)
-                    self._by_signature[key] = _compiled(copy)
+                    self._by_signature[key] = compile_static(copy)
                 fn = self._by_signature[key]
             self._by_site[site] = fn
         return fn(*args)
@@ -294,9 +308,9 @@ class FusedStep:
 
     def __init__(self, rule: NeuralGraphRule, context: GraphContext, compiled: bool = True) -> None:
         self.rule, self.context = rule, context
-        self._stats, self._update = _Specialized(tensor_stats_, compiled), _Specialized(tensor_update_, compiled)
+        self._stats, self._update = Specialized(tensor_stats_, compiled), Specialized(tensor_update_, compiled)
         tables = type(rule).neuron_tables  # called with the rule as its first argument, as dynamo guards it
-        self._context = _compiled(tables) if compiled else tables
+        self._context = compile_static(tables) if compiled else tables
 
     def __call__(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
                  lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
@@ -320,7 +334,7 @@ class FusedStep:
         for i, (p, g, mom, rms, row, col) in enumerate(views):
             if rms.dtype not in rates:
                 rates[rms.dtype] = tuple(F._rates(d, rms) for d in rule.decays)
-            pools = _pools(context, i) if p.numel() else []
+            pools = pool_sites(context, i) if p.numel() else []
             along = tuple(a for a, _, _ in pools)
             found.append(self._stats(i, p, g, mom, rms, row, col, rates[rms.dtype], along, dtype))
             for (_, neurons, block), sums in zip(pools, found[i][2]):
@@ -358,7 +372,7 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
 
 def compiled_all_finite() -> Callable[[Sequence[Tensor]], Tensor]:
     """:func:`all_finite`, compiled as the fused step is."""
-    return _compiled(all_finite)
+    return compile_static(all_finite)
 
 
 def compile_unavailable(device: torch.device | str) -> str | None:

@@ -3,6 +3,7 @@ optimizer contract (resume, frozen parameters, parameter groups, bf16, meta-grad
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from l2o import AdaptiveGraphRule, NeuralGraphOpt, learned_step
+from l2o import AdaptiveGraphRule, NeuralGraphOpt, learned_step, learned_step_
 from l2o.hub import load_rule, save_pretrained
+from tests.encoders.networks import build
 from tests.l2o.test_graph_rule import permuted_pair, train
 from tests.l2o.test_optim import _batch, _model, _train
 
@@ -180,3 +182,92 @@ def test_save_and_load_round_trip(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(rule.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(ValueError, match="betas"):
         AdaptiveGraphRule(betas=(0.9, 1.0))
+
+
+def mild_rule() -> AdaptiveGraphRule:
+    """Random meta-parameters with head corrections of O(0.1): the steps stay mostly downhill, so
+    d grows (a fully random head flips half the updates and d never leaves d0)."""
+    torch.manual_seed(0)
+    rule = AdaptiveGraphRule()
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.normal_(0, 0.3)
+        rule.head_out.weight.mul_(0.03)
+    return rule
+
+
+def drifting_grads(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+    """Noise plus a steady part, so that d grows as on a real loss."""
+    from tests.l2o.test_fused import _grads
+
+    return [g + 2 * b for g, b in zip(_grads(params, step), _grads(params, -1))]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "resnet", "transformer"])
+def test_eager_fused_step_equals_the_reference_over_50_steps(name):
+    """The fused arithmetic, run eagerly: parameters, statistics and d within 1e-5 of the reference."""
+    from l2o.fused_adaptive import FusedAdaptiveStep
+    from tests.l2o.test_fused import STEPS, _max_relative_error
+
+    model, _ = build(name)
+    params = [p.detach().clone() for p in model.parameters()]
+    rule = mild_rule()
+    context = rule.build_context(params, model)
+    fast = [p.clone() for p in params]
+    state, fast_state = rule.init_state(params), rule.init_state(params)
+    fused = FusedAdaptiveStep(rule, context, compiled=False)
+    n = len(params)
+    lrs, wds = [0.5 + 0.1 * i for i in range(n)], [0.01 * (i % 3) for i in range(n)]
+    for step in range(STEPS):
+        grads = drifting_grads(params, step)
+        frozen = [step % 7 == 3 and i == 0 for i in range(n)]
+        state = learned_step_(rule, params, grads, state, context, lr=lrs, weight_decay=wds, frozen=frozen)
+        fast_state = fused(fast, grads, fast_state, lrs, wds, frozen)
+    assert float(state["d"]) > 2 * rule.d0, "d should have grown"
+    assert _max_relative_error(fast, params) < 1e-5
+    assert int(fast_state["step"]) == int(state["step"]) == STEPS
+    assert _max_relative_error([fast_state["d"], fast_state["numerator"]], [state["d"], state["numerator"]]) < 1e-5
+    for key in ("mom", "rms", "grad_sum", "shift"):
+        assert _max_relative_error(fast_state[key], state[key]) < 1e-5, key
+    assert _max_relative_error(params, [p.detach() for p in model.parameters()]) > 1e-4, "the steps should move"
+
+
+@pytest.mark.slow
+def test_compiled_optimizer_matches_the_reference_and_resumes():
+    """NeuralGraphOpt(compile=True) against compile=False: parameter groups, weight decay, a
+    parameter without gradient every few steps; then a resumed copy continues bit-identically."""
+    from tests.l2o.test_fused import STEPS, _max_relative_error
+
+    def train_steps(model: nn.Module, opt: NeuralGraphOpt, steps: int, start: int = 0) -> None:
+        params = list(model.parameters())
+        for step in range(start, start + steps):
+            for p, g in zip(params, drifting_grads(params, step)):
+                p.grad = g
+            if step % 5 == 2:
+                params[-1].grad = None  # a parameter without a gradient this step
+            opt.step()
+
+    model, _ = build("transformer")
+    twin = copy.deepcopy(model)
+    rule = mild_rule()
+
+    def optimizer(m: nn.Module, compile: bool) -> NeuralGraphOpt:
+        params = list(m.parameters())
+        groups = [{"params": params[:2], "lr": 0.5}, {"params": params[2:], "weight_decay": 0.1}]
+        return NeuralGraphOpt(groups, lr=2.0, rule=copy.deepcopy(rule), model=m, compile=compile)
+
+    reference, fused = optimizer(model, False), optimizer(twin, True)
+    train_steps(model, reference, STEPS)
+    train_steps(twin, fused, STEPS)
+    assert fused._fused is not None and float(fused.rule_state["d"]) > 2 * rule.d0
+    assert _max_relative_error(list(twin.parameters()), list(model.parameters())) < 1e-5
+    for key in ("mom", "rms", "grad_sum", "shift"):
+        assert _max_relative_error(fused.rule_state[key], reference.rule_state[key]) < 1e-5, key
+
+    saved = copy.deepcopy(fused.state_dict())
+    resumed_model = copy.deepcopy(twin)
+    train_steps(twin, fused, 5, start=STEPS)
+    resumed = optimizer(resumed_model, True)
+    resumed.load_state_dict(saved)
+    train_steps(resumed_model, resumed, 5, start=STEPS)
+    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), resumed_model.parameters()))
