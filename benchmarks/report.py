@@ -16,13 +16,15 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
-ORDER = ("step_overhead", "step_overhead_cuda", "head_cost", "fused_parity", "l2o_quality", "recipe_spread",
+ORDER = ("step_overhead", "step_overhead_cuda", "head_cost", "fused_parity", "l2o_quality", "l2o_quality_v3",
+         "rule_validation", "recipe_spread",
          "graph_build", "encoders_throughput", "encoders_throughput_cuda", "zoo_throughput", "weight_space",
          "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
          "weight_space_generalization")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "encoders_throughput_cuda": "python -m benchmarks.encoders_throughput --device cuda",
+    "l2o_quality_v3": "python -m benchmarks.l2o_quality --rule neural-graph-v3 (4-task version, before 2026-12-03)",
     "weight_space_classify": "python -m benchmarks.weight_space --size classify",
     "weight_space_classify_dwsnets": "python -m benchmarks.weight_space --size classify-dwsnets",
     "weight_space_classify_ng": "python -m benchmarks.weight_space --size classify-ng",

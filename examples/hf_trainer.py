@@ -40,10 +40,10 @@ def make_model(seed: int = 0) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def main(output_dir: str, max_steps: int = 20, save_steps: int = 10, resume: str | None = None) -> Trainer:
+def main(output_dir: str, max_steps: int = 150, save_steps: int = 75, resume: str | None = None) -> Trainer:
     """Train for ``max_steps`` (in total, when resuming), checkpointing every ``save_steps``."""
     model = make_model()
-    optimizer = NeuralGraphOpt(model.parameters(), lr=10.0, model=model)  # a tiny model likes big steps
+    optimizer = NeuralGraphOpt(model.parameters(), model=model)  # lr=1: the default rule estimates its step size
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=2, num_training_steps=max_steps)
     args = TrainingArguments(
         output_dir,
@@ -64,6 +64,6 @@ def main(output_dir: str, max_steps: int = 20, save_steps: int = 10, resume: str
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs/hf")
-    parser.add_argument("--max-steps", type=int, default=20)
-    parser.add_argument("--resume", help="a checkpoint folder, e.g. runs/hf/checkpoint-10")
+    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--resume", help="a checkpoint folder, e.g. runs/hf/checkpoint-75")
     main(**vars(parser.parse_args()))

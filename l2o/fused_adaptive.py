@@ -51,8 +51,11 @@ def adaptive_stats_(
     """Advance one tensor's statistics in place and reduce what the step needs from it.
 
     Args:
-        param, grad: ``[R, C]`` matrix views.
-        mom, rms, grad_sum: ``[R, C]`` Prodigy's ``m``, ``v``, ``s``, advanced in place.
+        param: ``[R, C]`` matrix view of the parameter.
+        grad: ``[R, C]``, its gradient.
+        mom: ``[R, C]`` Prodigy's ``m``, advanced in place.
+        rms: ``[R, C]`` Prodigy's ``v``, advanced in place.
+        grad_sum: ``[R, C]`` Prodigy's ``s``, advanced in place.
         shift: ``[R, C]`` ``x0 - x`` (read only here).
         d: 0-d, the step's ``d`` before the update.
         weight: 0-d, ``d^2 / d0``.
@@ -87,14 +90,21 @@ def adaptive_update_(
 
     Args:
         param: ``[R, C]``, a view of the parameter.
-        grad, mom, rms, grad_sum, shift: ``[R, C]``, the statistics after :func:`adaptive_stats_`.
+        grad: ``[R, C]``.
+        mom: ``[R, C]``, after :func:`adaptive_stats_`.
+        rms: ``[R, C]``, after :func:`adaptive_stats_`.
+        grad_sum: ``[R, C]``, after :func:`adaptive_stats_`.
+        shift: ``[R, C]`` ``x0 - x``, advanced by this step's update in place.
         scales: ``[5]`` from :func:`adaptive_stats_`.
         tables: :func:`l2o.fused.head_tables`.
         head: ``(input weight [H, 7], output weight [2, H], output bias [2])``.
-        d, new_d: 0-d, the estimate before and after this step.
+        d: 0-d, the estimate before this step.
+        new_d: 0-d, the estimate after it.
         size: 0-d, ``d c_k``: Prodigy's step size.
         form: ``(eps, exp_mult)``.
-        lr, weight_decay, frozen: 0-d, as in :func:`l2o.fused.tensor_update_`.
+        lr: 0-d learning rate.
+        weight_decay: 0-d decoupled weight decay.
+        frozen: 0-d bool: the parameter is left as it is.
     """
     eps, exp_mult = form
     p, g = param.to(mom.dtype), grad.to(mom.dtype)

@@ -34,14 +34,18 @@ from l2o.rule import UpdateRule
 
 __all__ = ["BASELINE_RULE", "DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "neural-graph-v3"
-"""The rule used when ``rule=None``: the shipped, meta-trained :class:`~l2o.graph_rule.NeuralGraphRule`
-(``l2o/pretrained/neural-graph-v3``, recipe ``l2o/meta/configs/shipped_neural_graph.yaml``).
-``rule="neural-graph"`` gives the untrained rule, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
+DEFAULT_RULE = "neural-graph-v4"
+"""The rule used when ``rule=None``: :class:`~l2o.adaptive_rule.AdaptiveGraphRule` at its
+initialisation (``l2o/pretrained/neural-graph-v4``), i.e. Prodigy's update with the graph head's
+corrections at zero: its meta-trained head (recipe ``l2o/meta/configs/adaptive_neural_graph.yaml``)
+did not beat the initialisation on validation tasks, see the folder's README. The previous default,
+the meta-trained :class:`~l2o.graph_rule.NeuralGraphRule` ``neural-graph-v3``, stays loadable;
+``rule="neural-graph"`` gives that class untrained, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
 
 BASELINE_RULE = "ff-v3"
 """The shipped per-parameter MLP rule (:class:`~l2o.ff.FFRule`) meta-trained with the same recipe and
-compute as :data:`DEFAULT_RULE` (``l2o/meta/configs/shipped_ff.yaml``): the baseline it is compared with."""
+compute as ``neural-graph-v3`` (``l2o/meta/configs/shipped_ff.yaml``): the baseline it is compared with
+(a per-parameter twin of the adaptive rule is not trained yet)."""
 
 
 def _finite_eager(tensors: list[Tensor]) -> Any:

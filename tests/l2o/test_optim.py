@@ -186,7 +186,8 @@ def test_parameters_without_grad_are_untouched(rule):
             o.step()
     assert all(p.grad is None for p in model[0].parameters())
     assert all(torch.equal(a, b) for a, b in zip(frozen, model[0].parameters()))
-    assert not opt.rule_state["mom"][0].any() and not opt.rule_state["row"][1].any()
+    per_param = [v for v in opt.rule_state.values() if isinstance(v, list)]
+    assert not any(v[i].any() for v in per_param for i in (0, 1)), "the frozen layer's statistics never advanced"
     if rule == "ff":  # a per-parameter rule steps the rest as if the frozen layer did not exist
         assert all(torch.equal(a, b) for a, b in zip(model[2].parameters(), reference_model[2].parameters()))
     assert int(opt.rule_state["step"]) == 3
@@ -267,7 +268,7 @@ def test_bfloat16_parameters():
     opt = NeuralGraphOpt(model.parameters())
     before = [p.detach().clone() for p in model.parameters()]
     x, y = _batch()
-    for _ in range(3):
+    for _ in range(80):  # the default rule's first steps (Prodigy's d from 1e-6) are below bf16 rounding
         opt.zero_grad()
         nn.functional.mse_loss(model(x.bfloat16()), y.bfloat16()).backward()
         opt.step()
