@@ -32,14 +32,15 @@ SMOOTH = 50
 
 def run(config_path: str, index: int, rule: str, steps: int) -> dict[str, Any]:
     """Train validation task ``index`` of the config's mixture with ``rule``; its final loss."""
+    import dataclasses
+
     from l2o import NeuralGraphOpt
+    from l2o.meta.build import build_family
     from l2o.meta.config import load_config
-    from l2o.meta.tasks import FAMILIES, MixtureFamily
 
     torch.set_num_threads(1)
-    config = load_config(config_path)
-    family = MixtureFamily([FAMILIES[t.family](**t.options) for t in config.tasks], [t.weight for t in config.tasks])
-    task = family.sample(VALIDATION_SEED + index)
+    config = dataclasses.replace(load_config(config_path), reparam_scale=None)  # the tasks, not their augmentation
+    task = build_family(config).sample(VALIDATION_SEED + index)
     params = dict(task.model.named_parameters())
     opt = NeuralGraphOpt(task.model.parameters(), rule=rule, model=task.model, example_inputs=task.example_inputs())
     losses = []

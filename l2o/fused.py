@@ -319,12 +319,16 @@ class FusedStep:
             warnings.simplefilter("ignore", UserWarning)  # inductor's notes on its own fallbacks
             return self._step(params, grads, state, lr, weight_decay, frozen)
 
+    def _checked_context(self, params: Sequence[Tensor]) -> GraphContext:
+        """The context, after checking it was built for as many parameters as ``params``."""
+        if len(self.context.source) != len(params):
+            raise ValueError(f"the context was built for {len(self.context.source)} parameters, got {len(params)}")
+        return self.context
+
     def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
               lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
               frozen: Sequence[bool]) -> dict[str, Any]:
-        rule, context = self.rule, self.context
-        if len(context.source) != len(params):
-            raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
+        rule, context = self.rule, self._checked_context(params)
         dtype = rule.node_in.weight.dtype
         step = state["step"] + 1
         pooled = rule.node_in.weight.new_zeros(context.num_nodes, 3 * _N_FEAT)

@@ -130,9 +130,7 @@ class FusedAdaptiveStep(FusedStep):
     def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
               lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
               frozen: Sequence[bool]) -> dict[str, Any]:
-        rule, context = self.rule, self.context
-        if len(context.source) != len(params):
-            raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
+        rule, context = self.rule, self._checked_context(params)
         dtype, n_feat = rule.node_in.weight.dtype, len(rule.feature_names)
         b1, b2 = rule.betas
         d = state["d"]
