@@ -93,8 +93,12 @@ GPU_MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {"ViT-B/16
 """Measured only on a GPU: a ViT-B/16 step on two CPU cores would take minutes."""
 
 
-def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(name: str, model: nn.Module, rule: str | None = None) -> torch.optim.Optimizer:
+    """``name`` from :data:`OPTIMIZERS`; the NeuralGraphOpt rows use ``rule`` (default: the shipped default)."""
     from l2o import FFRule, NeuralGraphOpt
+    from l2o.optim import DEFAULT_RULE
+
+    rule = rule or DEFAULT_RULE
 
     if name == "Adam":
         return torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -103,9 +107,9 @@ def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
     if name == "FF":
         return NeuralGraphOpt(model.parameters(), rule=FFRule())
     if name == "NeuralGraphOpt":
-        return NeuralGraphOpt(model.parameters(), model=model, compile=False)
+        return NeuralGraphOpt(model.parameters(), rule=rule, model=model, compile=False)
     if name == FUSED:
-        return NeuralGraphOpt(model.parameters(), model=model, compile=True)
+        return NeuralGraphOpt(model.parameters(), rule=rule, model=model, compile=True)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -149,7 +153,7 @@ def _transient_bytes(fn: Callable[[], Any], cuda: bool) -> int:
 
 
 def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: str, repeats: int,
-            device: str = "cpu") -> dict[str, float]:
+            device: str = "cpu", rule: str | None = None) -> dict[str, float]:
     """One (model, optimizer) pair on ``device``, in the calling process. Returns per-parameter figures."""
     torch.manual_seed(0)
     model, batch = model_fn()
@@ -159,7 +163,7 @@ def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: s
     n = sum(p.numel() for p in model.parameters())
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-2
-    opt = make_optimizer(optimizer, model)
+    opt = make_optimizer(optimizer, model, rule)
     sync()
     start = time.perf_counter()
     opt.step()  # allocates the state (and compiles the fused step)
@@ -183,11 +187,12 @@ def measure(model_fn: Callable[[], tuple[nn.Module, torch.Tensor]], optimizer: s
     }
 
 
-def measure_keyed(model_key: tuple[str, int], optimizer: str, repeats: int, device: str = "cpu") -> dict[str, float]:
+def measure_keyed(model_key: tuple[str, int], optimizer: str, repeats: int, device: str = "cpu",
+                  rule: str | None = None) -> dict[str, float]:
     """:func:`measure` on a reference model (``(name, 0)``) or an MLP of width ``w`` (``("mlp", w)``)."""
     kind, width = model_key
     models = {**MODELS, **GPU_MODELS}
-    return measure(models[kind] if kind in models else (lambda: mlp(width)), optimizer, repeats, device)
+    return measure(models[kind] if kind in models else (lambda: mlp(width)), optimizer, repeats, device, rule)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -290,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--compile", choices=["on", "off", "both"], default="both",
                         help="NeuralGraphOpt rows: the fused compiled step, the reference step, or both (default)")
+    parser.add_argument("--rule", default=None, help="NeuralGraphOpt's rule (default: the shipped default)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/<name>")
     args = parser.parse_args(argv)
     name = "step_overhead" if args.device == "cpu" else "step_overhead_cuda"
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     measure_in = run_isolated if args.device == "cpu" else lambda fn, *a, threads: fn(*a)
     rows = []
     for model in tqdm(models, desc="reference models"):
-        results = {opt: measure_in(measure_keyed, (model, 0), opt, repeats, args.device, threads=threads)
+        results = {opt: measure_in(measure_keyed, (model, 0), opt, repeats, args.device, args.rule, threads=threads)
                    for opt in optimizers}
         for opt, r in results.items():
             rows.append({"model": model, "optimizer": opt, **r, "vs_adam": r["step_s"] / results["Adam"]["step_s"],
@@ -322,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scaled = ("Adam", "FF", *learned)
     for width in tqdm(widths, desc="scaling"):
         for opt in scaled:
-            result = measure_in(measure_keyed, ("mlp", width), opt, repeats, args.device, threads=threads)
+            result = measure_in(measure_keyed, ("mlp", width), opt, repeats, args.device, args.rule, threads=threads)
             points.append({"width": width, "optimizer": opt, **result})
     args.out.mkdir(parents=True, exist_ok=True)
     scaling_plot(points, args.out / "step_scaling.png")
@@ -340,7 +346,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     memory = ("the growth of `torch.cuda.max_memory_allocated` during a steady-state step (the second)"
               if args.device != "cpu" else "the growth of the process's peak RSS during a steady-state step (the "
               "second), over the resident memory before it (page granularity: small models read high)")
-    markdown = (f"Device: {args.device}.\n\n" + table(rows) + checked
+    from l2o.optim import DEFAULT_RULE
+
+    markdown = (f"Device: {args.device}. NeuralGraphOpt's rule: `{args.rule or DEFAULT_RULE}`.\n\n"
+                + table(rows) + checked
                 + "\n\nStep time against model size (plot: `step_scaling.png`):\n\n"
                 + "\n".join(scale_lines)
                 + "\n\nRatios are against Adam, the FF rule, the reference step and the model's forward+backward "
@@ -348,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "(inductor caches on disk, so a later process compiles only new shapes). 'state' counts the "
                 f"tensors in the optimizer's state_dict; 'transient' is {memory}.")
     record = {"quick": args.quick, "device": args.device, "compile": args.compile, "repeats": repeats,
+              "rule": args.rule or DEFAULT_RULE,
               "threads": threads, "batch": BATCH,
               "rows": rows, "scaling": points}
     write_results(args.out, name, record, markdown)

@@ -7,12 +7,15 @@ from l2o.graph_rule import NeuralGraphRule
 from l2o.hub import from_pretrained, register_rule, save_pretrained
 from l2o.optim import NeuralGraphOpt
 from l2o.rule import UpdateRule
+from l2o.stepsize_rule import StepSizeGraphRule, StepSizeTensorRule
 
 __all__ = [
     "AdaptiveGraphRule",
     "FFRule",
     "NeuralGraphOpt",
     "NeuralGraphRule",
+    "StepSizeGraphRule",
+    "StepSizeTensorRule",
     "UpdateRule",
     "from_pretrained",
     "learned_step",

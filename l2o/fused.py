@@ -306,10 +306,13 @@ class FusedStep:
     runs the same functions eagerly (slow; for tests and debugging).
     """
 
+    neuron_method = "neuron_tables"
+    """The rule's method that runs on ``O(neurons)`` data between the passes (compiled once)."""
+
     def __init__(self, rule: NeuralGraphRule, context: GraphContext, compiled: bool = True) -> None:
         self.rule, self.context = rule, context
         self._stats, self._update = Specialized(tensor_stats_, compiled), Specialized(tensor_update_, compiled)
-        tables = type(rule).neuron_tables  # called with the rule as its first argument, as dynamo guards it
+        tables = getattr(type(rule), self.neuron_method)  # called with the rule as first argument, as dynamo guards it
         self._context = compile_static(tables) if compiled else tables
 
     def __call__(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],

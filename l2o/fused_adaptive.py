@@ -1,4 +1,6 @@
-"""The fused step of :class:`~l2o.adaptive_rule.AdaptiveGraphRule`: its reference update
+"""The fused steps of the Prodigy-based rules.
+
+:class:`~l2o.adaptive_rule.AdaptiveGraphRule`: its reference update
 (:meth:`~l2o.adaptive_rule.AdaptiveGraphRule.forward`) in two compiled passes per parameter, as
 :mod:`l2o.fused` does for :class:`~l2o.graph_rule.NeuralGraphRule`:
 
@@ -11,7 +13,11 @@
 3. :func:`adaptive_update_`: the features again, the head unrolled over its hidden units,
    Prodigy's direction with the new ``d``, the update, the distance travelled and the parameter write.
 
-Same arithmetic as the reference, in another order: the two agree to float rounding (tested over
+:class:`~l2o.stepsize_rule.StepSizeGraphRule`: the same first pass, the rule's per-neuron log step
+sizes between the passes, then :func:`scaled_update_` (Prodigy's update times the rank-1 table of
+step sizes; no per-element head).
+
+Same arithmetic as the references, in another order: the two agree to float rounding (tested over
 50 steps), not bit for bit.
 """
 
@@ -31,8 +37,9 @@ from l2o.fused import FusedStep, Specialized, head_outputs, head_tables, pool_si
 if TYPE_CHECKING:
     from l2o.adaptive_rule import AdaptiveGraphRule
     from l2o.graph_rule import GraphContext
+    from l2o.stepsize_rule import StepSizeGraphRule
 
-__all__ = ["FusedAdaptiveStep", "adaptive_stats_", "adaptive_update_"]
+__all__ = ["FusedAdaptiveStep", "FusedStepSizeStep", "adaptive_stats_", "adaptive_update_", "scaled_update_"]
 
 _N_SCALED = 5  # features g, p, m, s, x0 - x: divided by their RMS over the tensor
 
@@ -119,17 +126,50 @@ def adaptive_update_(
     param.copy_(torch.where(frozen, param, param - lr.to(param.dtype) * update))
 
 
-class FusedAdaptiveStep(FusedStep):
-    """The fused step of one :class:`~l2o.adaptive_rule.AdaptiveGraphRule` on one context; called
-    like :class:`l2o.fused.FusedStep` (which supplies compilation and the calling convention)."""
+def scaled_update_(
+    param: Tensor, mom: Tensor, rms: Tensor, shift: Tensor, factors: tuple[Tensor, Tensor, Tensor | None],
+    new_d: Tensor, size: Tensor, eps: float, lr: Tensor, weight_decay: Tensor, frozen: Tensor,
+) -> None:
+    """One tensor's update for :class:`~l2o.stepsize_rule.StepSizeGraphRule`, written into ``param``
+    (and its step into ``shift``) in place.
 
-    def __init__(self, rule: AdaptiveGraphRule, context: GraphContext, compiled: bool = True) -> None:
+    Args:
+        param: ``[R, C]``, a view of the parameter.
+        mom: ``[R, C]``, after :func:`adaptive_stats_`.
+        rms: ``[R, C]``, after :func:`adaptive_stats_`.
+        shift: ``[R, C]`` ``x0 - x``, advanced by this step's update in place.
+        factors: ``(rows [R, 1], cols [1, C], full [R, C] or None)`` from
+            :meth:`~l2o.stepsize_rule.StepSizeGraphRule.scale_factors`.
+        new_d: 0-d, the estimate after this step.
+        size: 0-d, ``d c_k``: Prodigy's step size.
+        eps: added to ``sqrt(v)`` (times ``new_d``).
+        lr: 0-d learning rate.
+        weight_decay: 0-d decoupled weight decay.
+        frozen: 0-d bool: the parameter is left as it is.
+    """
+    rows, cols, full = factors
+    factor = rows * cols if full is None else rows * cols * full
+    base = mom / (torch.sqrt(rms.clamp(min=1e-30)) + new_d.to(mom.dtype) * eps)
+    update = size.to(mom.dtype) * factor.to(mom.dtype) * base
+    shift.add_(update)
+    update = update.to(param.dtype) + weight_decay.to(param.dtype) * param
+    param.copy_(torch.where(frozen, param, param - lr.to(param.dtype) * update))
+
+
+class _FusedProdigyStep(FusedStep):
+    """What the fused steps of the Prodigy-based rules share: the first pass (statistics, ``d``'s
+    sums and the neuron pools of every tensor) and the new ``d``. Subclasses write the second."""
+
+    def __init__(self, rule: AdaptiveGraphRule | StepSizeGraphRule, context: GraphContext, update: Any,
+                 compiled: bool = True) -> None:
         super().__init__(rule, context, compiled)
-        self._stats, self._update = Specialized(adaptive_stats_, compiled), Specialized(adaptive_update_, compiled)
+        self._stats, self._update = Specialized(adaptive_stats_, compiled), Specialized(update, compiled)
 
-    def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
-              lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
-              frozen: Sequence[bool]) -> dict[str, Any]:
+    def _prodigy_pass(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any]) -> dict[str, Any]:
+        """Advance every tensor's statistics in place and return what the second pass reads:
+        ``views`` (per tensor ``(param, grad, mom, rms, grad_sum, shift)``, ``[R, C]`` views),
+        ``scales`` (per tensor, :func:`adaptive_stats_`'s feature scales), ``pooled [N, 3 F]``,
+        ``time [11]``, ``d``, ``new_d``, ``size`` (``d c_k``) and the new ``state``."""
         rule, context = self.rule, self._checked_context(params)
         dtype, n_feat = rule.node_in.weight.dtype, len(rule.feature_names)
         b1, b2 = rule.betas
@@ -155,20 +195,66 @@ class FusedAdaptiveStep(FusedStep):
         estimate = numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
         new_d = torch.where(denominator > 0, torch.maximum(d, estimate), d)
         step = state["step"] + 1
-        time = F.time_features(step, rule.node_in.weight)
-        at_source, at_target, time_bias = self._context(rule, context, pooled / context.counts.repeat_interleave(
-            n_feat, 1), time)
+        return {"views": views, "scales": [f[2] for f in found], "pooled": pooled / context.counts.repeat_interleave(
+                    n_feat, 1), "time": F.time_features(step, rule.node_in.weight), "d": d, "new_d": new_d,
+                "size": d * correction, "state": dict(state, step=step, d=new_d, numerator=numerator)}
+
+    def _group_tensors(self, lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
+                       frozen: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-parameter learning rates, weight decays and frozen flags as tensors (so that they
+        never recompile the update)."""
+        device = self.rule.node_in.weight.device
+        return (torch.as_tensor([float(x) for x in lr], device=device),
+                torch.as_tensor([float(x) for x in weight_decay], device=device),
+                torch.as_tensor(list(frozen), dtype=torch.bool, device=device))
+
+
+class FusedAdaptiveStep(_FusedProdigyStep):
+    """The fused step of one :class:`~l2o.adaptive_rule.AdaptiveGraphRule` on one context; called
+    like :class:`l2o.fused.FusedStep` (which supplies compilation and the calling convention)."""
+
+    def __init__(self, rule: AdaptiveGraphRule, context: GraphContext, compiled: bool = True) -> None:
+        super().__init__(rule, context, adaptive_update_, compiled)
+
+    def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
+              lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
+              frozen: Sequence[bool]) -> dict[str, Any]:
+        rule, context = self.rule, self.context
+        found = self._prodigy_pass(params, grads, state)
+        at_source, at_target, time_bias = self._context(rule, context, found["pooled"], found["time"])
         head = (rule.head_in.weight, rule.head_out.weight, rule.head_out.bias)
-        device = rule.node_in.weight.device
-        lrs = torch.as_tensor([float(x) for x in lr], device=device)
-        wds = torch.as_tensor([float(x) for x in weight_decay], device=device)
-        frozen_t = torch.as_tensor(list(frozen), dtype=torch.bool, device=device)
-        size = d * correction
-        for i, view in enumerate(views):
+        lrs, wds, frozen_t = self._group_tensors(lr, weight_decay, frozen)
+        for i, view in enumerate(found["views"]):
             if view[0].numel() == 0:
                 continue
             maps = ((context.source[i], at_source), (context.target[i], at_target), (context.kind[i], rule.kind.weight))
             tables = head_tables(maps, time_bias, *view[0].shape)
-            self._update(i, *view, found[i][2], tables, head, d, new_d, size, (rule.eps, rule.exp_mult), lrs[i],
-                         wds[i], frozen_t[i])
-        return dict(state, step=step, d=new_d, numerator=numerator)
+            self._update(i, *view, found["scales"][i], tables, head, found["d"], found["new_d"], found["size"],
+                         (rule.eps, rule.exp_mult), lrs[i], wds[i], frozen_t[i])
+        return found["state"]
+
+
+class FusedStepSizeStep(_FusedProdigyStep):
+    """The fused step of one :class:`~l2o.stepsize_rule.StepSizeGraphRule` on one context: the
+    first pass as :class:`FusedAdaptiveStep`'s, the rule's :meth:`log_scales` on ``O(neurons)``
+    data, then :func:`scaled_update_` per tensor."""
+
+    neuron_method = "log_scales"
+
+    def __init__(self, rule: StepSizeGraphRule, context: GraphContext, compiled: bool = True) -> None:
+        super().__init__(rule, context, scaled_update_, compiled)
+
+    def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
+              lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
+              frozen: Sequence[bool]) -> dict[str, Any]:
+        rule, context = self.rule, self.context
+        found = self._prodigy_pass(params, grads, state)
+        log_scales = self._context(rule, context, found["pooled"], found["time"])
+        lrs, wds, frozen_t = self._group_tensors(lr, weight_decay, frozen)
+        for i, (param, _, mom, rms, _, shift) in enumerate(found["views"]):
+            if param.numel() == 0:
+                continue
+            factors = rule.scale_factors(context, i, *param.shape, log_scales)
+            self._update(i, param, mom, rms, shift, factors, found["new_d"], found["size"], rule.eps, lrs[i], wds[i],
+                         frozen_t[i])
+        return found["state"]

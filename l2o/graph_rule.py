@@ -50,7 +50,7 @@ from l2o import features as F
 from l2o.hub import register_rule
 from l2o.rule import UpdateRule
 
-__all__ = ["GraphContext", "NeuralGraphRule", "describe_graph"]
+__all__ = ["GraphContext", "GraphRuleBase", "NeuralGraphRule", "NeuronGraphBase", "describe_graph"]
 
 _NODE_KINDS = 3  # node-feature channels an element can sit on (a bias; a second per-neuron parameter)
 _EDGE_CHANNELS = 3
@@ -181,46 +181,37 @@ def _element_kinds(on_edge: bool, edge_kind: Tensor, channel: Tensor) -> Tensor:
     return channel.clamp(max=_NODE_KINDS - 1)
 
 
-class GraphRuleBase(UpdateRule):
-    """What every neural-graph rule shares: the neuron-level GNN and the per-element head's tables,
-    and the context (the traced graph) they read. Subclasses choose the statistics and per-element
-    features (:attr:`feature_names`) and the output form.
+class NeuronGraphBase(UpdateRule):
+    """What every neural-graph rule shares: the traced graph (:class:`GraphContext`), the pooling of
+    per-element features into neurons, and the neuron-level GNN that reads them. Subclasses choose
+    the statistics and per-element features (:attr:`feature_names`) and what the neuron states
+    become (a per-element head's context, or per-neuron step sizes).
 
     Args:
         hidden: width of the neuron states.
         layers: GNN layers.
-        head_hidden: width of the per-element head.
         max_depth: depths beyond it share the last depth embedding.
+        extra_node_features: inputs of ``node_in`` after the pooled means and time features
+            (e.g. fan-in), supplied by the subclass to :meth:`neuron_states`.
 
-    Modules: ``node_in`` (pooled features and time features -> neuron state), ``role`` /
-    ``activation`` / ``depth`` embeddings, ``gnn`` (:class:`NeuronPNALayer` x ``layers``),
-    ``to_source`` / ``to_target`` (neuron state -> head context), ``kind`` (element-kind embedding),
-    ``head_in`` (features -> head), ``head_time`` (time features -> head) and ``head_out`` (head ->
-    2 outputs, zero-initialised so that a fresh rule is its base optimizer).
+    Modules: ``node_in`` (pooled features, time features and extras -> neuron state), ``role`` /
+    ``activation`` / ``depth`` embeddings and ``gnn`` (:class:`NeuronPNALayer` x ``layers``).
     """
 
     feature_names: tuple[str, ...] = F.COMPACT_FEATURE_NAMES
-    """Names of the per-element features the head and the neuron pools read, in order."""
+    """Names of the per-element features the neuron pools (and a head) read, in order."""
 
-    def __init__(self, hidden: int = 32, layers: int = 2, head_hidden: int = 16, max_depth: int = 32) -> None:
+    def __init__(self, hidden: int = 32, layers: int = 2, max_depth: int = 32, extra_node_features: int = 0) -> None:
         super().__init__()
-        if hidden < 1 or layers < 0 or head_hidden < 1:
-            raise ValueError(f"hidden, head_hidden must be >= 1 and layers >= 0, got {hidden}, {head_hidden}, {layers}")
+        if hidden < 1 or layers < 0:
+            raise ValueError(f"hidden must be >= 1 and layers >= 0, got {hidden}, {layers}")
         self.max_depth = max_depth
         n_feat = len(self.feature_names)
-        self.node_in = nn.Linear(3 * n_feat + F.NUM_TIME_FEATURES, hidden)
+        self.node_in = nn.Linear(3 * n_feat + F.NUM_TIME_FEATURES + extra_node_features, hidden)
         self.role = nn.Embedding(len(Role), hidden)
         self.activation = nn.Embedding(len(ACTIVATIONS), hidden)
         self.depth = nn.Embedding(max_depth + 1, hidden)
         self.gnn = nn.ModuleList(NeuronPNALayer(hidden) for _ in range(layers))
-        self.to_source = nn.Linear(hidden, head_hidden)
-        self.to_target = nn.Linear(hidden, head_hidden, bias=False)
-        self.kind = nn.Embedding(_NUM_KINDS, head_hidden)
-        self.head_in = nn.Linear(n_feat, head_hidden, bias=False)
-        self.head_time = nn.Linear(F.NUM_TIME_FEATURES, head_hidden, bias=False)
-        self.head_out = nn.Linear(head_hidden, 2)
-        nn.init.zeros_(self.head_out.weight)
-        nn.init.zeros_(self.head_out.bias)
 
     # ------------------------------------------------------------------ per architecture
     def build_context(
@@ -264,14 +255,67 @@ class GraphRuleBase(UpdateRule):
             raise ValueError(f"the context was built for {len(context.source)} parameters, got {len(params)}")
         return context
 
-    def neuron_tables(self, context: GraphContext, pooled: Tensor, time: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def neuron_states(self, context: GraphContext, pooled: Tensor, time: Tensor, extra: Tensor | None = None) -> Tensor:
         """The neuron-level GNN: ``pooled [N, 3 F]`` (mean features of each neuron's in-weights,
-        out-weights and own parameters) and ``time [11]`` -> ``(at_source [N, H], at_target [N, H],
-        time_bias [H])``, the head's per-neuron and per-step context."""
-        x = self.node_in(torch.cat([pooled, time.expand(pooled.shape[0], -1)], dim=1))
+        out-weights and own parameters), ``time [11]`` and ``extra [N, X]`` (the subclass's
+        ``extra_node_features``) -> neuron states ``[N, hidden]``."""
+        inputs = [pooled, time.expand(pooled.shape[0], -1)] + ([] if extra is None else [extra])
+        x = self.node_in(torch.cat(inputs, dim=1))
         x = x + self.role(context.node_role) + self.activation(context.node_activation) + self.depth(context.node_depth)
         for layer in self.gnn:
             x = layer(x, context.aggregation)
+        return x
+
+    @staticmethod
+    def pool(sums: Tensor, context: GraphContext, i: int, feats: Tensor, rows: slice) -> None:
+        """Add parameter ``i``'s features ``[F, r, C]`` (matrix rows ``rows``) to ``sums [3, N, F]``
+        in place: a weight's to its target's in-weight sums (0) and its source's out-weight sums
+        (1), a neuron parameter's to its neuron's own sums (2)."""
+        if context.on_edge[i]:
+            context.target[i].pool(sums[0], feats, rows)
+            context.source[i].pool(sums[1], feats, rows)
+        else:
+            context.source[i].pool(sums[2], feats, rows)
+
+    @staticmethod
+    def pooled_means(sums: Tensor, context: GraphContext) -> Tensor:
+        """``sums [3, N, F]`` from :meth:`pool` -> the means ``[N, 3 F]`` :meth:`neuron_states` reads."""
+        return (sums / context.counts.T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
+
+
+class GraphRuleBase(NeuronGraphBase):
+    """A neural-graph rule with a per-element head: the neuron states become the head's context.
+
+    Args:
+        hidden: width of the neuron states.
+        layers: GNN layers.
+        head_hidden: width of the per-element head.
+        max_depth: depths beyond it share the last depth embedding.
+
+    Modules, beyond :class:`NeuronGraphBase`'s: ``to_source`` / ``to_target`` (neuron state ->
+    head context), ``kind`` (element-kind embedding), ``head_in`` (features -> head), ``head_time``
+    (time features -> head) and ``head_out`` (head -> 2 outputs, zero-initialised so that a fresh
+    rule is its base optimizer).
+    """
+
+    def __init__(self, hidden: int = 32, layers: int = 2, head_hidden: int = 16, max_depth: int = 32) -> None:
+        super().__init__(hidden, layers, max_depth)
+        if head_hidden < 1:
+            raise ValueError(f"head_hidden must be >= 1, got {head_hidden}")
+        n_feat = len(self.feature_names)
+        self.to_source = nn.Linear(hidden, head_hidden)
+        self.to_target = nn.Linear(hidden, head_hidden, bias=False)
+        self.kind = nn.Embedding(_NUM_KINDS, head_hidden)
+        self.head_in = nn.Linear(n_feat, head_hidden, bias=False)
+        self.head_time = nn.Linear(F.NUM_TIME_FEATURES, head_hidden, bias=False)
+        self.head_out = nn.Linear(head_hidden, 2)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
+
+    def neuron_tables(self, context: GraphContext, pooled: Tensor, time: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`neuron_states` -> ``(at_source [N, H], at_target [N, H], time_bias [H])``, the
+        head's per-neuron and per-step context."""
+        x = self.neuron_states(context, pooled, time)
         return self.to_source(x), self.to_target(x), self.head_time(time)
 
     def head_context(
@@ -293,22 +337,6 @@ class GraphRuleBase(UpdateRule):
                 full.append((neurons.ids, table))
         return rows, cols, full
 
-    @staticmethod
-    def pool(sums: Tensor, context: GraphContext, i: int, feats: Tensor, rows: slice) -> None:
-        """Add parameter ``i``'s features ``[F, r, C]`` (matrix rows ``rows``) to ``sums [3, N, F]``
-        in place: a weight's to its target's in-weight sums (0) and its source's out-weight sums
-        (1), a neuron parameter's to its neuron's own sums (2)."""
-        if context.on_edge[i]:
-            context.target[i].pool(sums[0], feats, rows)
-            context.source[i].pool(sums[1], feats, rows)
-        else:
-            context.source[i].pool(sums[2], feats, rows)
-
-    @staticmethod
-    def pooled_means(sums: Tensor, context: GraphContext) -> Tensor:
-        """``sums [3, N, F]`` from :meth:`pool` -> the means ``[N, 3 F]`` :meth:`neuron_tables` reads."""
-        return (sums / context.counts.T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
-
     def head(
         self, feats: Tensor, rows: slice, n_cols: int,
         head_context: tuple[Tensor, Tensor | None, list[tuple[Tensor, Tensor]]], inplace: bool = False,
@@ -326,6 +354,7 @@ class GraphRuleBase(UpdateRule):
             blocked.add_(table[ids[rows]])
         hidden = nn.functional.silu(hidden, inplace=inplace)
         return torch.addmm(self.head_out.bias.unsqueeze(1), self.head_out.weight, hidden.T)  # [2, r * C]
+
 
 
 @register_rule("neural-graph")

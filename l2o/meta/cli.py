@@ -9,7 +9,7 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``meta-train --config FILE.yaml [--run-dir DIR] [--no-resume]`` to ``subparsers``."""
+    """Add ``meta-train --config FILE.yaml [--rule NAME] [--run-dir DIR] [--no-resume]`` to ``subparsers``."""
     parser = subparsers.add_parser(
         "meta-train",
         help="meta-train an update rule from a YAML config (resumes from the run folder)",
@@ -17,6 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "task slots over several processes.",
     )
     parser.add_argument("--config", required=True, type=Path, help="YAML config (see l2o.meta.config)")
+    parser.add_argument("--rule", default=None,
+                        help="train this registered rule (at its defaults) instead of the config's, with the same "
+                        "recipe: e.g. a graph rule's per-tensor twin, for the ablation")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<config file name>)")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     parser.set_defaults(handler=run)
@@ -25,9 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``l2o meta-train``."""
+    import dataclasses
+
+    from l2o.meta.config import RuleConfig, load_config
     from l2o.meta.run import meta_train
 
     run_dir = args.run_dir if args.run_dir is not None else Path("runs") / args.config.stem
-    meta_train(args.config, run_dir, resume=not args.no_resume)
+    config = load_config(args.config)
+    if args.rule is not None:
+        config = dataclasses.replace(config, rule=RuleConfig(name=args.rule)).validate()
+    meta_train(config, run_dir, resume=not args.no_resume)
     print(f"meta-trained rule written to {run_dir / 'rule'}")
     return 0

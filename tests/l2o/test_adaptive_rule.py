@@ -1,5 +1,6 @@
-"""AdaptiveGraphRule: Prodigy at initialisation, permutation equivariance, graph context, and the
-optimizer contract (resume, frozen parameters, parameter groups, bf16, meta-gradients)."""
+"""The Prodigy-based rules (AdaptiveGraphRule, StepSizeGraphRule): Prodigy at initialisation,
+permutation equivariance, graph context, the optimizer contract (resume, frozen parameters,
+parameter groups, bf16, meta-gradients) and their fused steps against the reference."""
 
 from __future__ import annotations
 
@@ -11,17 +12,26 @@ import pytest
 import torch
 from torch import nn
 
-from l2o import AdaptiveGraphRule, NeuralGraphOpt, learned_step, learned_step_
+from l2o import AdaptiveGraphRule, NeuralGraphOpt, StepSizeGraphRule, StepSizeTensorRule, learned_step, learned_step_
 from l2o.hub import load_rule, save_pretrained
 from tests.encoders.networks import build
 from tests.l2o.test_graph_rule import permuted_pair, train
 from tests.l2o.test_optim import _batch, _model, _train
 
+RULES = {"neural-graph-adaptive": AdaptiveGraphRule, "neural-graph-stepsize": StepSizeGraphRule,
+         "tensor-stepsize": StepSizeTensorRule}
+GRAPH_RULES = {name: cls for name, cls in RULES.items() if name.startswith("neural-graph")}
+OUTPUT_LAYER = {AdaptiveGraphRule: "head_out", StepSizeGraphRule: "scale_out"}
+"""The zero-initialised layer that makes each graph rule Prodigy at initialisation."""
+each_rule = pytest.mark.parametrize("rule_class", list(RULES.values()), ids=list(RULES))
+each_graph_rule = pytest.mark.parametrize("rule_class", list(GRAPH_RULES.values()), ids=list(GRAPH_RULES))
+each_name = pytest.mark.parametrize("rule_name", list(RULES))
 
-def random_rule(seed: int = 0) -> AdaptiveGraphRule:
-    """Every meta-parameter random (the zero-initialised head would hide the graph)."""
+
+def random_rule(rule_class: type = AdaptiveGraphRule, seed: int = 0) -> nn.Module:
+    """Every meta-parameter random (the zero-initialised outputs would hide the graph)."""
     torch.manual_seed(seed)
-    rule = AdaptiveGraphRule().double()
+    rule = rule_class().double()
     with torch.no_grad():
         for p in rule.parameters():
             p.normal_(0, 0.5)
@@ -56,11 +66,12 @@ def prodigy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, d0: 
     return ds
 
 
-def test_initial_rule_is_prodigy():
+@each_rule
+def test_initial_rule_is_prodigy(rule_class):
     x, y = (t.double() for t in _batch())
     model, expected = _model().double(), _model().double()
     ds = prodigy(expected, x, y, steps=60)
-    opt = NeuralGraphOpt(model.parameters(), rule=AdaptiveGraphRule().double(), model=model)
+    opt = NeuralGraphOpt(model.parameters(), rule=rule_class().double(), model=model)
     for _ in range(60):
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
@@ -71,24 +82,26 @@ def test_initial_rule_is_prodigy():
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
 
 
+@each_rule
 @pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "resnet", "transformer"])
-def test_step_on_permuted_network_is_the_permuted_step(name):
+def test_step_on_permuted_network_is_the_permuted_step(name, rule_class):
     from encoders.symmetry import permute_flat
 
     model, permuted, example, graph, sigma = permuted_pair(name)
-    rule = random_rule()
+    rule = random_rule(rule_class)
     after = train(model, example, rule)
     after_permuted = train(permuted, example, rule)
     assert (after - graph.to_flat()).abs().max() > 1e-8, "the steps should move the parameters"
     torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
 
 
-def test_update_uses_graph_context():
+@each_graph_rule
+def test_update_uses_graph_context(rule_class):
     """Changing the last layer's gradient changes the first layer's update through the GNN (d is
-    kept: only the head sees the graph)."""
+    kept: only the head or the step sizes see the graph)."""
     model = _model().double()
     params = [p.detach() for p in model.parameters()]
-    rule = random_rule()
+    rule = random_rule(rule_class)
     context = rule.build_context(params, model)
     torch.manual_seed(3)
     grads = [torch.randn_like(p) for p in params]
@@ -99,10 +112,17 @@ def test_update_uses_graph_context():
     assert (first[0] - second[0]).abs().max() > 1e-3 * first[0].abs().max()
 
 
-def test_meta_gradients_reach_every_part_of_the_rule():
+@pytest.mark.parametrize("rule_class, names", [
+    (AdaptiveGraphRule, ("head_out.weight", "head_in.weight", "node_in.weight", "gnn.0.message.weight",
+                         "to_source.weight")),
+    (StepSizeGraphRule, ("scale_out.weight", "kind_scale.weight", "node_in.weight", "gnn.0.message.weight",
+                         "depth.weight")),
+    (StepSizeTensorRule, ("scale_out.weight", "scale_out.bias", "mlp.0.weight", "mlp.2.weight")),
+], ids=list(RULES))
+def test_meta_gradients_reach_every_part_of_the_rule(rule_class, names):
     model = _model().double()
     params = [p.detach() for p in model.parameters()]
-    rule = random_rule()
+    rule = random_rule(rule_class)
     context = rule.build_context(params, model)
     meta = dict(rule.named_parameters())
     state = rule.init_state(params)
@@ -116,14 +136,15 @@ def test_meta_gradients_reach_every_part_of_the_rule():
     loss = nn.functional.mse_loss(torch.func.functional_call(
         model, dict(zip([n for n, _ in model.named_parameters()], params)), (x,)), y)
     loss.backward()
-    for name in ("head_out.weight", "head_in.weight", "node_in.weight", "gnn.0.message.weight", "to_source.weight"):
+    for name in names:
         grad = meta[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
-def test_state_dict_round_trip_is_bit_identical_and_state_is_16_bytes_per_element():
+@each_name
+def test_state_dict_round_trip_is_bit_identical_and_state_is_16_bytes_per_element(rule_name):
     model = _model()
-    opt = NeuralGraphOpt(model.parameters(), lr=0.5, weight_decay=0.01, rule="neural-graph-adaptive", model=model)
+    opt = NeuralGraphOpt(model.parameters(), lr=0.5, weight_decay=0.01, rule=rule_name, model=model)
     _train(model, opt, 5)
     per_param = [k for k, v in opt.rule_state.items() if isinstance(v, list)]
     n = sum(p.numel() for p in model.parameters())
@@ -135,15 +156,16 @@ def test_state_dict_round_trip_is_bit_identical_and_state_is_16_bytes_per_elemen
     saved = torch.load(buffer, weights_only=True)
     resumed = _model(seed=7)
     resumed.load_state_dict(saved["model"])
-    opt2 = NeuralGraphOpt(resumed.parameters(), rule="neural-graph-adaptive", model=resumed)
+    opt2 = NeuralGraphOpt(resumed.parameters(), rule=rule_name, model=resumed)
     opt2.load_state_dict(saved["opt"])
     _train(resumed, opt2, 5, seed=2)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
 
 
-def test_frozen_parameters_new_groups_nonfinite_gradients_and_bfloat16():
+@each_name
+def test_frozen_parameters_new_groups_nonfinite_gradients_and_bfloat16(rule_name):
     model = _model()
-    opt = NeuralGraphOpt([{"params": model[2].parameters()}], rule="neural-graph-adaptive", model=model)
+    opt = NeuralGraphOpt([{"params": model[2].parameters()}], rule=rule_name, model=model)
     frozen = [p.detach().clone() for p in model[0].parameters()]
     x, y = _batch()
     for _ in range(2):
@@ -164,7 +186,7 @@ def test_frozen_parameters_new_groups_nonfinite_gradients_and_bfloat16():
 
     # bfloat16: Prodigy's first steps (~d0) are below the rounding; d must still grow, and then they move
     half = _model().to(torch.bfloat16)
-    opt = NeuralGraphOpt(half.parameters(), rule="neural-graph-adaptive", model=half)
+    opt = NeuralGraphOpt(half.parameters(), rule=rule_name, model=half)
     before = [p.detach().clone() for p in half.parameters()]
     for _ in range(80):
         opt.zero_grad()
@@ -175,24 +197,25 @@ def test_frozen_parameters_new_groups_nonfinite_gradients_and_bfloat16():
     assert all(not torch.equal(a, b) for a, b in zip(before, half.parameters()))
 
 
-def test_save_and_load_round_trip(tmp_path):
-    rule = random_rule().float()
+@each_rule
+def test_save_and_load_round_trip(tmp_path, rule_class):
+    rule = random_rule(rule_class).float()
     loaded = load_rule(save_pretrained(rule, tmp_path / "rule"))
-    assert isinstance(loaded, AdaptiveGraphRule) and loaded.config() == rule.config()
+    assert isinstance(loaded, rule_class) and loaded.config() == rule.config()
     assert all(torch.equal(a, b) for a, b in zip(rule.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(ValueError, match="betas"):
-        AdaptiveGraphRule(betas=(0.9, 1.0))
+        rule_class(betas=(0.9, 1.0))
 
 
-def mild_rule() -> AdaptiveGraphRule:
-    """Random meta-parameters with head corrections of O(0.1): the steps stay mostly downhill, so
-    d grows (a fully random head flips half the updates and d never leaves d0)."""
+def mild_rule(rule_class: type = AdaptiveGraphRule) -> AdaptiveGraphRule | StepSizeGraphRule:
+    """Random meta-parameters with outputs of O(0.1): the steps stay mostly downhill, so d grows
+    (a fully random head flips half the updates and d never leaves d0)."""
     torch.manual_seed(0)
-    rule = AdaptiveGraphRule()
+    rule = rule_class()
     with torch.no_grad():
         for p in rule.parameters():
             p.normal_(0, 0.3)
-        rule.head_out.weight.mul_(0.03)
+        getattr(rule, OUTPUT_LAYER[rule_class]).weight.mul_(0.03)
     return rule
 
 
@@ -203,19 +226,19 @@ def drifting_grads(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
     return [g + 2 * b for g, b in zip(_grads(params, step), _grads(params, -1))]
 
 
+@each_graph_rule
 @pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "resnet", "transformer"])
-def test_eager_fused_step_equals_the_reference_over_50_steps(name):
+def test_eager_fused_step_equals_the_reference_over_50_steps(name, rule_class):
     """The fused arithmetic, run eagerly: parameters, statistics and d within 1e-5 of the reference."""
-    from l2o.fused_adaptive import FusedAdaptiveStep
     from tests.l2o.test_fused import STEPS, _max_relative_error
 
     model, _ = build(name)
     params = [p.detach().clone() for p in model.parameters()]
-    rule = mild_rule()
+    rule = mild_rule(rule_class)
     context = rule.build_context(params, model)
     fast = [p.clone() for p in params]
     state, fast_state = rule.init_state(params), rule.init_state(params)
-    fused = FusedAdaptiveStep(rule, context, compiled=False)
+    fused = type(rule.fused_step(context))(rule, context, compiled=False)
     n = len(params)
     lrs, wds = [0.5 + 0.1 * i for i in range(n)], [0.01 * (i % 3) for i in range(n)]
     for step in range(STEPS):
@@ -233,7 +256,8 @@ def test_eager_fused_step_equals_the_reference_over_50_steps(name):
 
 
 @pytest.mark.slow
-def test_compiled_optimizer_matches_the_reference_and_resumes():
+@each_graph_rule
+def test_compiled_optimizer_matches_the_reference_and_resumes(rule_class):
     """NeuralGraphOpt(compile=True) against compile=False: parameter groups, weight decay, a
     parameter without gradient every few steps; then a resumed copy continues bit-identically."""
     from tests.l2o.test_fused import STEPS, _max_relative_error
@@ -249,7 +273,7 @@ def test_compiled_optimizer_matches_the_reference_and_resumes():
 
     model, _ = build("transformer")
     twin = copy.deepcopy(model)
-    rule = mild_rule()
+    rule = mild_rule(rule_class)
 
     def optimizer(m: nn.Module, compile: bool) -> NeuralGraphOpt:
         params = list(m.parameters())

@@ -101,6 +101,16 @@ def test_cli_handler_trains_and_saves_the_rule(tmp_path, capsys):
     assert (tmp_path / "run" / "rule" / "model.safetensors").exists()
     assert "rule written to" in capsys.readouterr().out
 
+    # --rule trains another rule with the same recipe, and the run folder says which
+    from l2o.hub import load_rule
+    from l2o.meta.config import load_config as load
+
+    args = parser.parse_args(["meta-train", "--config", str(config), "--rule", "tensor-stepsize",
+                              "--run-dir", str(tmp_path / "twin")])
+    assert args.handler(args) == 0
+    assert type(load_rule(tmp_path / "twin" / "rule")).__name__ == "StepSizeTensorRule"
+    assert load(tmp_path / "twin" / "config.yaml").rule.name == "tensor-stepsize"
+
 
 @pytest.mark.parametrize("name", ["greedy_fashion_cnn.yaml", "pes_mixture.yaml"])
 def test_shipped_example_configs_are_valid(name):
