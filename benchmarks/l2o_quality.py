@@ -282,6 +282,22 @@ def cache_path(cache: Path, job: Job, steps: int) -> Path:
     return cache / f"{task}_{kind}_lr{lr:g}_seed{seed}_{steps}steps_{fingerprint(task)}.json"
 
 
+def fill_cache(results: Path, cache: Path) -> int:
+    """Write the baseline runs recorded in a results file of this benchmark (``l2o_quality.json``)
+    into ``cache``, as if they had just been trained: the cache of a committed result, rebuilt on a
+    machine that does not have it. Returns how many were written. The task fingerprint in each file
+    name still guards against a task whose definition has changed since."""
+    record = json.loads(results.read_text())
+    written = 0
+    cache.mkdir(parents=True, exist_ok=True)
+    for run in record["runs"]:
+        if run["optimizer"] in BASELINES:
+            job = (run["task"], (run["optimizer"], run["lr"]), run["seed"])
+            cache_path(cache, job, run["steps"]).write_text(json.dumps(run))
+            written += 1
+    return written
+
+
 def run_jobs(jobs: list[Job], steps: int, ff_rule: str | None, rule: str | None, workers: int,
              cache: Path | None, desc: str) -> dict[Job, dict[str, Any]]:
     """Run records of ``jobs``: baseline runs from ``cache`` where there, the rest trained (on
@@ -530,6 +546,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("results/l2o_quality"))
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder of cached baseline runs (default: <out>/runs_cache)")
+    parser.add_argument("--cache-from", type=Path, default=None,
+                        help="first fill the cache with the baseline runs of this l2o_quality.json (e.g. the "
+                        "committed result), so that only the learned optimizer trains")
     parser.add_argument("--summarize", type=Path, default=None,
                         help="only rebuild the table and plot from the runs in this l2o_quality.json")
     args = parser.parse_args(argv)
@@ -547,6 +566,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid = QUICK_GRID if args.quick else ADAM_GRID
     kinds = list(dict.fromkeys(["Adam", *args.optimizers]))
     cache = args.cache or args.out / "runs_cache"
+    if args.cache_from is not None:
+        print(f"{fill_cache(args.cache_from, cache)} baseline runs from {args.cache_from} written to {cache}")
     run_all = lambda jobs, desc: run_jobs(jobs, steps, ff_rule, args.rule, args.workers, cache, desc)  # noqa: E731
     done = run_all(first_jobs(tasks, kinds, seeds, grid, args.graph_ablation), "training runs (1/2)")
     later = [job for job in tuned_jobs(list(done.values()), tasks, seeds) if job not in done]

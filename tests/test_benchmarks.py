@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark code paths at tiny sizes (the figures come from full runs)."""
 
+import json
 import math
 import warnings
 
@@ -44,6 +45,24 @@ def test_l2o_quality_run_and_summary():
     assert summary[0]["optimizer"] == "NeuralGraphOpt" and summary[0]["beats_ff"] in (0, 1)
     assert summary[0]["beats_tuned_muon"] is None  # Muon did not run
     assert "geo. mean" in l2o_quality.table(rows, summary)
+
+
+def test_l2o_quality_cache_is_refilled_from_a_results_file(tmp_path, monkeypatch):
+    """The baseline runs of a results file go to the cache; run_jobs then reads them instead of
+    training (a learned optimizer's run is never taken from there)."""
+    adam = {"task": "cnn-digits", "optimizer": "Adam", "lr": 0.01, "seed": 0, "steps": 40, "train": [1.0],
+            "test": [2.0]}
+    learned = dict(adam, optimizer="NeuralGraphOpt", lr=1.0)
+    results = tmp_path / "l2o_quality.json"
+    results.write_text(json.dumps({"runs": [adam, learned]}))
+    assert l2o_quality.fill_cache(results, tmp_path / "cache") == 1
+    def no_training(jobs: list, *args: object) -> list:
+        assert not jobs, f"trained {jobs} instead of reading the cache"
+        return []
+
+    monkeypatch.setattr(l2o_quality, "_execute", no_training)
+    done = l2o_quality.run_jobs([("cnn-digits", ("Adam", 0.01), 0)], 40, None, None, 1, tmp_path / "cache", "test")
+    assert list(done.values()) == [adam]
 
 
 def _record(task: str, kind: str, lr: float, seed: int, train: float, test: float) -> dict:
