@@ -32,14 +32,31 @@ from torch import Tensor
 
 from l2o import distance as D
 from l2o import features as F
-from l2o.fused import FusedStep, Specialized, head_outputs, head_tables, pool_sites, pool_sums, table_context
+from l2o.fused import (
+    FusedStep,
+    Specialized,
+    compile_static,
+    head_outputs,
+    head_tables,
+    pool_sites,
+    pool_sums,
+    table_context,
+)
 
 if TYPE_CHECKING:
     from l2o.adaptive_rule import AdaptiveGraphRule
     from l2o.graph_rule import GraphContext
     from l2o.stepsize_rule import StepSizeGraphRule
 
-__all__ = ["FusedAdaptiveStep", "FusedStepSizeStep", "adaptive_stats_", "adaptive_update_", "scaled_update_"]
+__all__ = [
+    "FusedAdaptiveStep",
+    "FusedStepSizeStep",
+    "adaptive_stats_",
+    "adaptive_update_",
+    "prodigy_pass_",
+    "scaled_update_",
+    "scaled_updates_",
+]
 
 _N_SCALED = 5  # features g, p, m, s, x0 - x: divided by their RMS over the tensor
 
@@ -156,14 +173,80 @@ def scaled_update_(
     param.copy_(torch.where(frozen, param, param - lr.to(param.dtype) * update))
 
 
-class _FusedProdigyStep(FusedStep):
-    """What the fused steps of the Prodigy-based rules share: the first pass (statistics, ``d``'s
-    sums and the neuron pools of every tensor) and the new ``d``. Subclasses write the second."""
+def prodigy_pass_(
+    views: Sequence[tuple[Tensor, ...]], sites: Sequence[Sequence[tuple[str, Tensor, int]]], d: Tensor,
+    numerator: Tensor, correction: Tensor, counts: Tensor, d0: float, betas: tuple[float, float, float], eps: float,
+    dtype: torch.dtype,
+) -> tuple[list[Tensor | None], Tensor, Tensor, Tensor]:
+    """The first pass over every tensor of the model: :func:`adaptive_stats_` on each, their
+    features pooled per neuron, and Prodigy's new ``d``. One function for the whole model, so that
+    compiled it is one call (and one guard check) per step, not one per tensor.
 
-    def __init__(self, rule: AdaptiveGraphRule | StepSizeGraphRule, context: GraphContext, update: Any,
-                 compiled: bool = True) -> None:
+    Args:
+        views: per tensor ``(param, grad, mom, rms, grad_sum, shift)``, ``[R, C]`` views; the
+            statistics advance in place.
+        sites: per tensor, :func:`l2o.fused.pool_sites` as ``(along, ids, block)`` (empty for an
+            empty tensor).
+        d: 0-d, the estimate before this step.
+        numerator: 0-d, Prodigy's ``r`` before this step.
+        correction: 0-d, ``c_k``.
+        counts: ``[N, 3]`` elements pooled into each neuron.
+        d0: Prodigy's initial estimate.
+        betas: ``(b1, b2, sqrt(b2))``.
+        eps: added to ``sqrt(v)`` (times ``d``) in the features.
+        dtype: the rule's dtype (features are pooled in it).
+
+    Returns ``(scales, pooled [N, 3 F], numerator, new_d)``: each tensor's feature scales (``None``
+    for an empty one), the neurons' mean features, the new ``r`` and the new ``d``.
+    """
+    weight = d / d0 * d
+    n_feat = len(D.FEATURE_NAMES)
+    pooled = torch.zeros(counts.shape[0], 3 * n_feat, dtype=dtype, device=counts.device)
+    dot, l1 = d.new_zeros(()), d.new_zeros(())
+    scales: list[Tensor | None] = []
+    for view, pools in zip(views, sites):
+        if view[0].numel() == 0:
+            scales.append(None)
+            continue
+        tensor_dot, tensor_l1, tensor_scales, sums = adaptive_stats_(*view, d, weight, betas, eps,
+                                                                     tuple(a for a, _, _ in pools), dtype)
+        dot, l1 = dot + tensor_dot.to(d.dtype), l1 + tensor_l1.to(d.dtype)
+        scales.append(tensor_scales)
+        for (_, ids, block), block_sums in zip(pools, sums):
+            pooled[:, block * n_feat:(block + 1) * n_feat].index_add_(0, ids, block_sums)
+    numerator = betas[2] * numerator + weight * correction * dot
+    estimate = numerator / torch.where(l1 > 0, l1, torch.ones_like(l1))
+    new_d = torch.where(l1 > 0, torch.maximum(d, estimate), d)
+    return scales, pooled / counts.to(dtype).repeat_interleave(n_feat, 1), numerator, new_d
+
+
+def scaled_updates_(
+    views: Sequence[tuple[Tensor, ...]], terms: Sequence[Sequence[tuple[str, Tensor, int]]],
+    log_scales: tuple[Tensor, Tensor], new_d: Tensor, size: Tensor, eps: float, lrs: Tensor, wds: Tensor,
+    frozen: Tensor,
+) -> None:
+    """:func:`scaled_update_` on every tensor of the model, each with its factors from
+    :func:`l2o.stepsize_rule.factors_from_terms` (``terms``: per tensor,
+    :meth:`~l2o.stepsize_rule.StepSizeGraphRule.scale_terms`); ``lrs``, ``wds``, ``frozen``:
+    ``[T]`` per tensor. One function for the whole model, as :func:`prodigy_pass_`."""
+    from l2o.stepsize_rule import factors_from_terms
+
+    for i, ((param, _, mom, rms, _, shift), tensor_terms) in enumerate(zip(views, terms)):
+        if param.numel():
+            factors = factors_from_terms(tensor_terms, *param.shape, log_scales)
+            scaled_update_(param, mom, rms, shift, factors, new_d, size, eps, lrs[i], wds[i], frozen[i])
+
+
+class _FusedProdigyStep(FusedStep):
+    """What the fused steps of the Prodigy-based rules share: the first pass over the model
+    (:func:`prodigy_pass_`, compiled as one function). Subclasses write the second."""
+
+    def __init__(self, rule: AdaptiveGraphRule | StepSizeGraphRule, context: GraphContext, compiled: bool = True
+                 ) -> None:
         super().__init__(rule, context, compiled)
-        self._stats, self._update = Specialized(adaptive_stats_, compiled), Specialized(update, compiled)
+        self._pass = compile_static(prodigy_pass_) if compiled else prodigy_pass_
+        self._sites = [[(along, m.ids.reshape(-1), block) for along, m, block in pool_sites(context, i)]
+                       for i in range(len(context.source))]
 
     def _prodigy_pass(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any]) -> dict[str, Any]:
         """Advance every tensor's statistics in place and return what the second pass reads:
@@ -171,33 +254,21 @@ class _FusedProdigyStep(FusedStep):
         ``scales`` (per tensor, :func:`adaptive_stats_`'s feature scales), ``pooled [N, 3 F]``,
         ``time [11]``, ``d``, ``new_d``, ``size`` (``d c_k``) and the new ``state``."""
         rule, context = self.rule, self._checked_context(params)
-        dtype, n_feat = rule.node_in.weight.dtype, len(rule.feature_names)
         b1, b2 = rule.betas
         d = state["d"]
-        weight = d / rule.d0 * d
         views = []
         for p, g, *stats in zip(params, grads, state["mom"], state["rms"], state["grad_sum"], state["shift"]):
             shape = F.matrix_shape(p.shape)
             views.append((p.view(shape), g.reshape(shape), *(s.view(shape) for s in stats)))
-        pooled = rule.node_in.weight.new_zeros(context.num_nodes, 3 * n_feat)
-        found, dots, l1s = [], [], []
-        for i, view in enumerate(views):
-            pools = pool_sites(context, i) if view[0].numel() else []
-            found.append(self._stats(i, *view, d, weight, (b1, b2, math.sqrt(b2)), rule.eps,
-                                     tuple(a for a, _, _ in pools), dtype))
-            dots.append(found[i][0].to(d.dtype))
-            l1s.append(found[i][1].to(d.dtype))
-            for (_, neurons, block), sums in zip(pools, found[i][3]):
-                pooled[:, block * n_feat:(block + 1) * n_feat].index_add_(0, neurons.ids.reshape(-1), sums)
+        sites = [sites if view[0].numel() else [] for view, sites in zip(views, self._sites)]
         correction = D.bias_correction(state["step"], rule.betas, d)
-        numerator = math.sqrt(b2) * state["numerator"] + weight * correction * sum(dots, d.new_zeros(()))
-        denominator = sum(l1s, d.new_zeros(()))
-        estimate = numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-        new_d = torch.where(denominator > 0, torch.maximum(d, estimate), d)
+        scales, pooled, numerator, new_d = self._pass(views, sites, d, state["numerator"], correction, context.counts,
+                                                      rule.d0, (b1, b2, math.sqrt(b2)), rule.eps,
+                                                      rule.node_in.weight.dtype)
         step = state["step"] + 1
-        return {"views": views, "scales": [f[2] for f in found], "pooled": pooled / context.counts.repeat_interleave(
-                    n_feat, 1), "time": F.time_features(step, rule.node_in.weight), "d": d, "new_d": new_d,
-                "size": d * correction, "state": dict(state, step=step, d=new_d, numerator=numerator)}
+        return {"views": views, "scales": scales, "pooled": pooled, "time": F.time_features(step, rule.node_in.weight),
+                "d": d, "new_d": new_d, "size": d * correction,
+                "state": dict(state, step=step, d=new_d, numerator=numerator)}
 
     def _group_tensors(self, lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
                        frozen: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
@@ -214,7 +285,8 @@ class FusedAdaptiveStep(_FusedProdigyStep):
     like :class:`l2o.fused.FusedStep` (which supplies compilation and the calling convention)."""
 
     def __init__(self, rule: AdaptiveGraphRule, context: GraphContext, compiled: bool = True) -> None:
-        super().__init__(rule, context, adaptive_update_, compiled)
+        super().__init__(rule, context, compiled)
+        self._update = Specialized(adaptive_update_, compiled)
 
     def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
               lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
@@ -242,7 +314,9 @@ class FusedStepSizeStep(_FusedProdigyStep):
     neuron_method = "log_scales"
 
     def __init__(self, rule: StepSizeGraphRule, context: GraphContext, compiled: bool = True) -> None:
-        super().__init__(rule, context, scaled_update_, compiled)
+        super().__init__(rule, context, compiled)
+        self._update = compile_static(scaled_updates_) if compiled else scaled_updates_
+        self._terms = [rule.scale_terms(context, i) for i in range(len(context.source))]
 
     def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
               lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
@@ -250,11 +324,6 @@ class FusedStepSizeStep(_FusedProdigyStep):
         rule, context = self.rule, self.context
         found = self._prodigy_pass(params, grads, state)
         log_scales = self._context(rule, context, found["pooled"], found["time"])
-        lrs, wds, frozen_t = self._group_tensors(lr, weight_decay, frozen)
-        for i, (param, _, mom, rms, _, shift) in enumerate(found["views"]):
-            if param.numel() == 0:
-                continue
-            factors = rule.scale_factors(context, i, *param.shape, log_scales)
-            self._update(i, param, mom, rms, shift, factors, found["new_d"], found["size"], rule.eps, lrs[i], wds[i],
-                         frozen_t[i])
+        self._update(found["views"], self._terms, log_scales, found["new_d"], found["size"], rule.eps,
+                     *self._group_tensors(lr, weight_decay, frozen))
         return found["state"]

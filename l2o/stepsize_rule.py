@@ -45,7 +45,7 @@ from l2o.graph_rule import _NUM_KINDS, GraphContext, NeuronGraphBase
 from l2o.hub import register_rule
 from l2o.rule import UpdateRule
 
-__all__ = ["StepSizeGraphRule", "StepSizeTensorRule", "scaled_prodigy", "soft_clip"]
+__all__ = ["StepSizeGraphRule", "StepSizeTensorRule", "factors_from_terms", "scaled_prodigy", "soft_clip"]
 
 _FAN_SCALE = 1 / math.log(1024)
 """Log fan-in/fan-out features are ``log(count) / log(1024)``: about 1 for a 1024-wide layer."""
@@ -84,6 +84,26 @@ def scaled_prodigy(
         updates.append((size.to(mom.dtype) * factor.to(mom.dtype) * base).reshape(p.shape))
     new_state["shift"] = [shift + u for shift, u in zip(state["shift"], updates)]
     return updates, new_state
+
+
+def factors_from_terms(
+    terms: Sequence[tuple[str, Tensor, int]], n_rows: int, n_cols: int, log_scales: tuple[Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A parameter's step-size factors from its :meth:`StepSizeGraphRule.scale_terms` and the
+    rule's ``log_scales`` (``neurons [N, 3]``, ``kinds [K]``), split by how they vary over the
+    ``[R, C]`` matrix view: ``(rows [R, 1], cols [1, C], full [R, C] or None)``. The element's
+    factor is their product: ``exp`` of the sum of its neurons' and its kind's log step sizes."""
+    neurons, kinds = log_scales
+    rows, cols, full = neurons.new_zeros(n_rows), neurons.new_zeros(n_cols), None
+    for along, ids, column in terms:
+        values = (kinds if column < 0 else neurons[:, column])[ids]
+        if along == "row":
+            rows = rows + values
+        elif along == "col":
+            cols = cols + values
+        else:
+            full = values if full is None else full + values
+    return rows.exp().unsqueeze(1), cols.exp().unsqueeze(0), None if full is None else full.exp()
 
 
 @register_rule("neural-graph-stepsize")
@@ -152,28 +172,23 @@ class StepSizeGraphRule(NeuronGraphBase):
         return soft_clip(raw, self.max_log_scale), soft_clip(self.kind_scale.weight[:, 0], self.max_log_scale)
 
     @staticmethod
-    def scale_factors(
-        context: GraphContext, i: int, n_rows: int, n_cols: int, log_scales: tuple[Tensor, Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Parameter ``i``'s step-size factors over its ``[R, C]`` matrix view, split by how they
-        vary: ``(rows [R, 1], cols [1, C], full [R, C] or None)``; the element's factor is their
-        product, ``exp`` of the sum of its neurons' and its kind's log step sizes."""
-        neurons, kinds = log_scales
+    def scale_terms(context: GraphContext, i: int) -> list[tuple[str, Tensor, int]]:
+        """What parameter ``i``'s log step sizes add up: ``(along, ids, column)`` per term, where
+        ``ids`` index the neurons (along the matrix view's rows, columns or every element, as
+        ``along`` says) and ``column`` picks the table of :meth:`log_scales` (0: in-weights of the
+        target, 1: out-weights of the source, 2: own parameters; -1: the element-kind table)."""
         if context.on_edge[i]:
-            terms = [(context.target[i], neurons[:, 0]), (context.source[i], neurons[:, 1])]
+            terms = [(context.target[i], 0), (context.source[i], 1)]
         else:
-            terms = [(context.source[i], neurons[:, 2])]
-        terms.append((context.kind[i], kinds))
-        rows, cols, full = neurons.new_zeros(n_rows), neurons.new_zeros(n_cols), None
-        for neuron_map, table in terms:
-            values = table[neuron_map.ids]
-            if neuron_map.along == "row":
-                rows = rows + values
-            elif neuron_map.along == "col":
-                cols = cols + values
-            else:
-                full = values if full is None else full + values
-        return rows.exp().unsqueeze(1), cols.exp().unsqueeze(0), None if full is None else full.exp()
+            terms = [(context.source[i], 2)]
+        return [(m.along, m.ids, column) for m, column in [*terms, (context.kind[i], -1)]]
+
+    def scale_factors(
+        self, context: GraphContext, i: int, n_rows: int, n_cols: int, log_scales: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Parameter ``i``'s step-size factors over its ``[R, C]`` matrix view (see
+        :func:`factors_from_terms`)."""
+        return factors_from_terms(self.scale_terms(context, i), n_rows, n_cols, log_scales)
 
     def forward(
         self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: GraphContext | None = None
