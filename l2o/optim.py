@@ -34,13 +34,15 @@ from l2o.rule import UpdateRule
 
 __all__ = ["BASELINE_RULE", "DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "neural-graph-v4"
-"""The rule used when ``rule=None``: :class:`~l2o.adaptive_rule.AdaptiveGraphRule` at its
-initialisation (``l2o/pretrained/neural-graph-v4``), i.e. Prodigy's update with the graph head's
-corrections at zero: its meta-trained head (recipe ``l2o/meta/configs/adaptive_neural_graph.yaml``)
-did not beat the initialisation on validation tasks, see the folder's README. The previous default,
-the meta-trained :class:`~l2o.graph_rule.NeuralGraphRule` ``neural-graph-v3``, stays loadable;
-``rule="neural-graph"`` gives that class untrained, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
+DEFAULT_RULE = "neural-graph-v5"
+"""The rule used when ``rule=None``: :class:`~l2o.stepsize_rule.StepSizeGraphRule` at its
+initialisation (``l2o/pretrained/neural-graph-v5``), i.e. Prodigy's update with every per-neuron
+step size at 1: its meta-trained step sizes (recipe ``l2o/meta/configs/stepsize_neural_graph.yaml``)
+did not beat the initialisation on validation tasks, see the folder's README. It makes the same
+updates as ``neural-graph-v4`` (:class:`~l2o.adaptive_rule.AdaptiveGraphRule` with a zero head) at a
+lower cost. v4 and the meta-trained :class:`~l2o.graph_rule.NeuralGraphRule` ``neural-graph-v3`` stay
+loadable; ``rule="neural-graph"`` gives that class untrained, which equals ``Adam(lr=1e-3)`` at
+``lr=1``."""
 
 BASELINE_RULE = "ff-v3"
 """The shipped per-parameter MLP rule (:class:`~l2o.ff.FFRule`) meta-trained with the same recipe and

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2o import AdaptiveGraphRule, FFRule, NeuralGraphOpt, NeuralGraphRule, from_pretrained
+from l2o import AdaptiveGraphRule, FFRule, NeuralGraphOpt, NeuralGraphRule, StepSizeGraphRule, from_pretrained
 from l2o.hub import PRETRAINED_DIR, RULES
 from l2o.meta.config import load_config
 from l2o.meta.run import meta_train
@@ -29,19 +29,24 @@ def test_shipped_rule_loads_with_its_recipe(name, cls):
     assert (folder / "meta_training.png").stat().st_size > 0 and (folder / "metrics.jsonl").stat().st_size > 0
 
 
-def test_default_rule_is_the_adaptive_rule_at_its_initialisation_with_its_recipe():
-    """neural-graph-v4 ships AdaptiveGraphRule's initialisation (its meta-trained head lost on
-    validation, see the folder's README); the recipe and the rejected run's curves come with it."""
-    assert DEFAULT_RULE == "neural-graph-v4"
-    rule, fresh = from_pretrained(DEFAULT_RULE), AdaptiveGraphRule()
-    assert isinstance(rule, AdaptiveGraphRule) and rule.config() == fresh.config()
-    assert not rule.head_out.weight.any() and not rule.head_out.bias.any()
-    folder = PRETRAINED_DIR / DEFAULT_RULE
+@pytest.mark.parametrize("name, cls, output, recipe_file, validation", [
+    ("neural-graph-v5", StepSizeGraphRule, "scale_out", "stepsize_neural_graph.yaml", "1.148x"),
+    ("neural-graph-v4", AdaptiveGraphRule, "head_out", "adaptive_neural_graph.yaml", "1.09x"),
+])
+def test_prodigy_rules_ship_their_initialisation_with_their_recipe(name, cls, output, recipe_file, validation):
+    """v5 (the default) and v4 ship their rules' initialisations (the meta-trained ones lost on
+    validation, see each folder's README); the recipe and the rejected run's curves come with them."""
+    assert DEFAULT_RULE == "neural-graph-v5"
+    rule, fresh = from_pretrained(name), cls()
+    assert isinstance(rule, cls) and rule.config() == fresh.config()
+    assert not getattr(rule, output).weight.any() and not getattr(rule, output).bias.any()
+    folder = PRETRAINED_DIR / name
     recipe = load_config(folder / "recipe.yaml")
-    assert RULES[recipe.rule.name] is AdaptiveGraphRule
+    assert RULES[recipe.rule.name] is cls
     assert dataclasses.asdict(recipe) == dataclasses.asdict(
-        load_config(Path(__file__).parents[2] / "l2o" / "meta" / "configs" / "adaptive_neural_graph.yaml"))
-    assert "1.09x" in (folder / "README.md").read_text()
+        load_config(Path(__file__).parents[2] / "l2o" / "meta" / "configs" / recipe_file))
+    assert validation in (folder / "README.md").read_text()
+    assert (folder / "meta_training.png").stat().st_size > 0 and (folder / "metrics.jsonl").stat().st_size > 0
 
 
 @pytest.mark.parametrize("name", ["mlp", "resnet", "transformer"])
@@ -49,7 +54,7 @@ def test_default_optimizer_uses_the_shipped_rule_and_trains(name):
     model, example = build(name)
     model.train()
     opt = NeuralGraphOpt(model.parameters(), model=model)
-    assert isinstance(opt.rule, AdaptiveGraphRule)
+    assert isinstance(opt.rule, StepSizeGraphRule)
     target = torch.randn_like(model(example).float())
     losses = []
     for _ in range(100):  # Prodigy's d starts at 1e-6 and takes a few dozen steps to grow
