@@ -250,9 +250,10 @@ def fused_targets(rows: list[dict[str, Any]], points: list[dict[str, Any]], devi
             limit = FUSED_VS_ADAM.get(r["model"], FUSED_VS_ADAM_SMALL)
             mem_ok = r["params"] < 1e6 or r["transient_bytes_per_param"] <= 8
             met = "met" if r["vs_adam"] <= limit else "MISSED"
+            vs_reference = "- (not run)" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}x"
             lines.append(f"| {r['model']} | {r['vs_adam']:.1f}x (<= {limit:g}) {met} | "
                          f"{r['transient_bytes_per_param']:.1f} {'met' if mem_ok else 'MISSED'} | "
-                         f"{r['vs_reference']:.2f}x | {r['first_step_s']:.1f} |")
+                         f"{vs_reference} | {r['first_step_s']:.1f} |")
         return "\n".join(lines)
     largest = max((p for p in points if p["optimizer"] == FUSED), key=lambda p: p["params"], default=None)
     adam = {p["width"]: p for p in points if p["optimizer"] == "Adam"}
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for opt, r in results.items():
             rows.append({"model": model, "optimizer": opt, **r, "vs_adam": r["step_s"] / results["Adam"]["step_s"],
                          "vs_ff": r["step_s"] / results["FF"]["step_s"],
-                         "vs_reference": r["step_s"] / results.get("NeuralGraphOpt", r)["step_s"]})
+                         "vs_reference": r["step_s"] / results["NeuralGraphOpt"]["step_s"]
+                         if "NeuralGraphOpt" in results else None})
     points = []
     scaled = ("Adam", "FF", *learned)
     for width in tqdm(widths, desc="scaling"):
