@@ -75,11 +75,7 @@ class AdaptiveGraphRule(GraphRuleBase):
         max_depth: int = 32,
     ) -> None:
         super().__init__(hidden, layers, head_hidden, max_depth)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two decays in [0, 1), got {list(betas)}")
-        if d0 <= 0:
-            raise ValueError(f"d0 must be positive, got {d0}")
-        self.exp_mult, self.betas, self.d0, self.eps = exp_mult, (float(betas[0]), float(betas[1])), d0, eps
+        self.exp_mult, self.betas, self.d0, self.eps = exp_mult, D.checked_betas(betas, d0), d0, eps
         self._config = {"hidden": hidden, "layers": layers, "head_hidden": head_hidden, "exp_mult": exp_mult,
                         "betas": list(self.betas), "d0": d0, "eps": eps, "max_depth": max_depth}
 

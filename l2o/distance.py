@@ -40,7 +40,16 @@ from torch import Tensor
 
 from l2o.features import matrix_shape
 
-__all__ = ["DEFAULT_D0", "FEATURE_NAMES", "bias_correction", "direction", "features", "init_stats", "update_stats"]
+__all__ = [
+    "DEFAULT_D0",
+    "FEATURE_NAMES",
+    "bias_correction",
+    "checked_betas",
+    "direction",
+    "features",
+    "init_stats",
+    "update_stats",
+]
 
 DEFAULT_D0 = 1e-6
 """Prodigy's initial estimate of ``d``; it grows from there within the first tens of steps."""
@@ -70,6 +79,16 @@ def init_stats(params: Sequence[Tensor], d0: float = DEFAULT_D0) -> dict[str, An
         "grad_sum": [torch.zeros(p.shape, dtype=_stat_dtype(p), device=p.device) for p in params],
         "shift": [torch.zeros(p.shape, dtype=_stat_dtype(p), device=p.device) for p in params],
     }
+
+
+def checked_betas(betas: Sequence[float], d0: float) -> tuple[float, float]:
+    """``betas`` as two floats, after checking them and ``d0``: a clear error for decays outside
+    [0, 1) or a non-positive initial estimate (shared by the rules built on these statistics)."""
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two decays in [0, 1), got {list(betas)}")
+    if d0 <= 0:
+        raise ValueError(f"d0 must be positive, got {d0}")
+    return float(betas[0]), float(betas[1])
 
 
 def bias_correction(step: Tensor, betas: tuple[float, float], like: Tensor) -> Tensor:

@@ -52,12 +52,10 @@ _FAN_SCALE = 1 / math.log(1024)
 
 
 def _prodigy_settings(betas: Sequence[float], d0: float, max_log_scale: float) -> tuple[float, float]:
-    """Checked ``betas`` as floats; a clear error for decays outside [0, 1) or a non-positive size."""
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ValueError(f"betas must be two decays in [0, 1), got {list(betas)}")
-    if d0 <= 0 or max_log_scale <= 0:
-        raise ValueError(f"d0 and max_log_scale must be positive, got {d0} and {max_log_scale}")
-    return float(betas[0]), float(betas[1])
+    """:func:`l2o.distance.checked_betas`, and a clear error for a non-positive ``max_log_scale``."""
+    if max_log_scale <= 0:
+        raise ValueError(f"max_log_scale must be positive, got {max_log_scale}")
+    return D.checked_betas(betas, d0)
 
 
 def soft_clip(x: Tensor, bound: float) -> Tensor:
