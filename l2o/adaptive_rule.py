@@ -43,7 +43,7 @@ __all__ = ["AdaptiveGraphRule"]
 
 
 @register_rule("neural-graph-adaptive")
-class AdaptiveGraphRule(GraphRuleBase):
+class AdaptiveGraphRule(D.ProdigyStatistics, GraphRuleBase):
     """Prodigy's step size with a neural-graph correction (see the module docstring).
 
     Args:
@@ -75,16 +75,9 @@ class AdaptiveGraphRule(GraphRuleBase):
         max_depth: int = 32,
     ) -> None:
         super().__init__(hidden, layers, head_hidden, max_depth)
-        self.exp_mult, self.betas, self.d0, self.eps = exp_mult, D.checked_betas(betas, d0), d0, eps
+        self.exp_mult = exp_mult
         self._config = {"hidden": hidden, "layers": layers, "head_hidden": head_hidden, "exp_mult": exp_mult,
-                        "betas": list(self.betas), "d0": d0, "eps": eps, "max_depth": max_depth}
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
-
-    def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
-        """Prodigy's statistics, see :func:`l2o.distance.init_stats`."""
-        return D.init_stats(params, self.d0)
+                        **self._set_prodigy(betas, d0, eps), "max_depth": max_depth}
 
     def fused_step(self, context: GraphContext) -> Any:
         """:class:`l2o.fused_adaptive.FusedAdaptiveStep` on ``context``: the same update in two

@@ -43,6 +43,7 @@ from l2o.features import matrix_shape
 __all__ = [
     "DEFAULT_D0",
     "FEATURE_NAMES",
+    "ProdigyStatistics",
     "bias_correction",
     "checked_betas",
     "direction",
@@ -89,6 +90,26 @@ def checked_betas(betas: Sequence[float], d0: float) -> tuple[float, float]:
     if d0 <= 0:
         raise ValueError(f"d0 must be positive, got {d0}")
     return float(betas[0]), float(betas[1])
+
+
+class ProdigyStatistics:
+    """Mixin of the rules built on these statistics: their Prodigy settings and their state.
+
+    Call :meth:`_set_prodigy` in the constructor; :meth:`init_state` is :func:`init_stats` with the
+    rule's ``d0``. Put it before the rule's base class, so that its ``init_state`` wins."""
+
+    betas: tuple[float, float]
+    d0: float
+    eps: float
+
+    def _set_prodigy(self, betas: Sequence[float], d0: float, eps: float) -> dict[str, Any]:
+        """Check and store ``betas``, ``d0`` and ``eps``; return them as config entries."""
+        self.betas, self.d0, self.eps = checked_betas(betas, d0), d0, eps
+        return {"betas": list(self.betas), "d0": d0, "eps": eps}
+
+    def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
+        """Prodigy's statistics, see :func:`init_stats`."""
+        return init_stats(params, self.d0)
 
 
 def bias_correction(step: Tensor, betas: tuple[float, float], like: Tensor) -> Tensor:

@@ -77,6 +77,8 @@ class FFRule(UpdateRule):
         decays = [*momentum_decays, rms_decay, *factored_decays]
         if not all(0.0 < d < 1.0 for d in decays):
             raise ValueError(f"decays must lie in (0, 1), got {decays}")
+        # config(): every constructor argument but chunk_size. With learn_decays the decays listed
+        # are the initial ones; the learned values are in the weights.
         self._config = {
             "hidden_size": hidden_size,
             "hidden_layers": hidden_layers,
@@ -110,11 +112,6 @@ class FFRule(UpdateRule):
             return self._fixed_decays
         d = torch.sigmoid(self.decay_logits)
         return F.Decays(momentum=d[0:3], rms=d[3], factored=d[4:7])
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments except ``chunk_size`` (JSON-serialisable). With ``learn_decays``
-        the decays listed are the initial ones; the learned values are in the weights."""
-        return dict(self._config)
 
     def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
         """Zero statistics, see :func:`l2o.features.init_stats`."""

@@ -49,8 +49,8 @@ from l2o import features as F
 if TYPE_CHECKING:
     from l2o.graph_rule import GraphContext, NeuralGraphRule, NeuronMap
 
-__all__ = ["FusedStep", "all_finite", "compile_unavailable", "compiled_all_finite", "head_outputs", "head_tables",
-           "Specialized", "compile_static", "pool_sites", "pool_sums", "table_context", "tensor_stats_",
+__all__ = ["FusedStep", "FusedStepBase", "all_finite", "compile_unavailable", "compiled_all_finite", "head_outputs",
+           "head_tables", "Specialized", "compile_static", "pool_sites", "pool_sums", "table_context", "tensor_stats_",
            "tensor_update_"]
 
 _N_FEAT = len(F.COMPACT_FEATURE_NAMES)
@@ -293,27 +293,28 @@ class Specialized:
         return fn(*args)
 
 
-class FusedStep:
-    """The fused step of one :class:`~l2o.graph_rule.NeuralGraphRule` on one context.
+class FusedStepBase:
+    """What every fused step shares: the calling convention, the rule's ``O(neurons)`` method
+    (:attr:`neuron_method`, compiled once) and the per-parameter hyperparameters as tensors.
 
-    Call it as ``new_state = step(params, grads, state, lr, weight_decay, frozen)`` (lists with
-    one float or tensor, or bool, per parameter); parameters and statistics are updated in place,
-    the returned state holds the new step counter.
+    Call a fused step as ``new_state = step(params, grads, state, lr, weight_decay, frozen)``
+    (lists with one float or tensor, or bool, per parameter); parameters and statistics are updated
+    in place, the returned state holds the new step counter. Subclasses write ``_step``, the passes
+    over the parameters.
 
-    ``compiled=True`` runs :func:`tensor_stats_`, the rule's ``neuron_tables`` and
-    :func:`tensor_update_` through ``torch.compile`` (static shapes; learning rates, weight decay
-    and frozen flags are tensors, so schedules and missing gradients do not recompile); ``False``
-    runs the same functions eagerly (slow; for tests and debugging).
+    ``compiled=True`` runs the passes and the neuron method through ``torch.compile`` (static
+    shapes; learning rates, weight decay and frozen flags are tensors, so schedules and missing
+    gradients do not recompile); ``False`` runs the same functions eagerly (slow; for tests and
+    debugging).
     """
 
     neuron_method = "neuron_tables"
     """The rule's method that runs on ``O(neurons)`` data between the passes (compiled once)."""
 
-    def __init__(self, rule: NeuralGraphRule, context: GraphContext, compiled: bool = True) -> None:
+    def __init__(self, rule: torch.nn.Module, context: GraphContext, compiled: bool = True) -> None:
         self.rule, self.context = rule, context
-        self._stats, self._update = Specialized(tensor_stats_, compiled), Specialized(tensor_update_, compiled)
-        tables = getattr(type(rule), self.neuron_method)  # called with the rule as first argument, as dynamo guards it
-        self._context = compile_static(tables) if compiled else tables
+        method = getattr(type(rule), self.neuron_method)  # called with the rule as first argument, as dynamo guards it
+        self._context = compile_static(method) if compiled else method
 
     def __call__(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
                  lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
@@ -322,11 +323,36 @@ class FusedStep:
             warnings.simplefilter("ignore", UserWarning)  # inductor's notes on its own fallbacks
             return self._step(params, grads, state, lr, weight_decay, frozen)
 
+    def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
+              lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
+              frozen: Sequence[bool]) -> dict[str, Any]:
+        raise NotImplementedError
+
     def _checked_context(self, params: Sequence[Tensor]) -> GraphContext:
         """The context, after checking it was built for as many parameters as ``params``."""
         if len(self.context.source) != len(params):
             raise ValueError(f"the context was built for {len(self.context.source)} parameters, got {len(params)}")
         return self.context
+
+    def _group_tensors(self, lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
+                       frozen: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-parameter learning rates, weight decays and frozen flags as tensors (so that they
+        never recompile the update)."""
+        device = self.rule.node_in.weight.device
+        return (torch.as_tensor([float(x) for x in lr], device=device),
+                torch.as_tensor([float(x) for x in weight_decay], device=device),
+                torch.as_tensor(list(frozen), dtype=torch.bool, device=device))
+
+
+class FusedStep(FusedStepBase):
+    """The fused step of one :class:`~l2o.graph_rule.NeuralGraphRule` on one context, called as
+    :class:`FusedStepBase` says: :func:`tensor_stats_` per tensor, the rule's ``neuron_tables``,
+    then :func:`tensor_update_` per tensor (each compiled per tensor signature, :class:`Specialized`).
+    """
+
+    def __init__(self, rule: NeuralGraphRule, context: GraphContext, compiled: bool = True) -> None:
+        super().__init__(rule, context, compiled)
+        self._stats, self._update = Specialized(tensor_stats_, compiled), Specialized(tensor_update_, compiled)
 
     def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
               lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
@@ -351,10 +377,7 @@ class FusedStep:
             _N_FEAT, 1), time)
         head = (rule.head_in.weight, rule.head_out.weight, rule.head_out.bias)
         form = (rule.step_mult, rule.exp_mult, rule.skip, rule.gated)
-        device = rule.node_in.weight.device
-        lrs = torch.as_tensor([float(x) for x in lr], device=device)
-        wds = torch.as_tensor([float(x) for x in weight_decay], device=device)
-        frozen_t = torch.as_tensor(list(frozen), dtype=torch.bool, device=device)
+        lrs, wds, frozen_t = self._group_tensors(lr, weight_decay, frozen)
         corrections = {}
         for i, (p, g, mom, rms, _, col) in enumerate(views):
             if p.numel() == 0:

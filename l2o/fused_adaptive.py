@@ -33,7 +33,7 @@ from torch import Tensor
 from l2o import distance as D
 from l2o import features as F
 from l2o.fused import (
-    FusedStep,
+    FusedStepBase,
     Specialized,
     compile_static,
     head_outputs,
@@ -237,7 +237,7 @@ def scaled_updates_(
             scaled_update_(param, mom, rms, shift, factors, new_d, size, eps, lrs[i], wds[i], frozen[i])
 
 
-class _FusedProdigyStep(FusedStep):
+class _FusedProdigyStep(FusedStepBase):
     """What the fused steps of the Prodigy-based rules share: the first pass over the model
     (:func:`prodigy_pass_`, compiled as one function). Subclasses write the second."""
 
@@ -270,19 +270,10 @@ class _FusedProdigyStep(FusedStep):
                 "d": d, "new_d": new_d, "size": d * correction,
                 "state": dict(state, step=step, d=new_d, numerator=numerator)}
 
-    def _group_tensors(self, lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
-                       frozen: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-parameter learning rates, weight decays and frozen flags as tensors (so that they
-        never recompile the update)."""
-        device = self.rule.node_in.weight.device
-        return (torch.as_tensor([float(x) for x in lr], device=device),
-                torch.as_tensor([float(x) for x in weight_decay], device=device),
-                torch.as_tensor(list(frozen), dtype=torch.bool, device=device))
-
 
 class FusedAdaptiveStep(_FusedProdigyStep):
     """The fused step of one :class:`~l2o.adaptive_rule.AdaptiveGraphRule` on one context; called
-    like :class:`l2o.fused.FusedStep` (which supplies compilation and the calling convention)."""
+    like :class:`l2o.fused.FusedStepBase` (which supplies compilation and the calling convention)."""
 
     def __init__(self, rule: AdaptiveGraphRule, context: GraphContext, compiled: bool = True) -> None:
         super().__init__(rule, context, compiled)

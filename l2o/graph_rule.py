@@ -404,9 +404,6 @@ class NeuralGraphRule(GraphRuleBase):
         self.step_mult, self.exp_mult, self.skip, self.gated = step_mult, exp_mult, skip, gated
         self.chunk_size = chunk_size
 
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
-
     def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
         """Zero statistics, see :func:`l2o.features.init_stats`."""
         return F.init_stats(params)

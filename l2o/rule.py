@@ -88,5 +88,6 @@ class UpdateRule(nn.Module):
         return None
 
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments (used by ``save_pretrained``)."""
-        return {}
+        """JSON-serialisable constructor arguments (used by ``save_pretrained``): a copy of the
+        ``_config`` dict a rule's constructor stores (empty when it stores none)."""
+        return dict(getattr(self, "_config", {}))

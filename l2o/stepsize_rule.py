@@ -51,11 +51,11 @@ _FAN_SCALE = 1 / math.log(1024)
 """Log fan-in/fan-out features are ``log(count) / log(1024)``: about 1 for a 1024-wide layer."""
 
 
-def _prodigy_settings(betas: Sequence[float], d0: float, max_log_scale: float) -> tuple[float, float]:
-    """:func:`l2o.distance.checked_betas`, and a clear error for a non-positive ``max_log_scale``."""
+def _checked_max_log_scale(max_log_scale: float) -> float:
+    """``max_log_scale``, after a clear error for a non-positive one."""
     if max_log_scale <= 0:
         raise ValueError(f"max_log_scale must be positive, got {max_log_scale}")
-    return D.checked_betas(betas, d0)
+    return max_log_scale
 
 
 def soft_clip(x: Tensor, bound: float) -> Tensor:
@@ -105,7 +105,7 @@ def factors_from_terms(
 
 
 @register_rule("neural-graph-stepsize")
-class StepSizeGraphRule(NeuronGraphBase):
+class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
     """Prodigy with per-neuron step sizes from a neural-graph GNN (see the module docstring).
 
     Args:
@@ -137,21 +137,13 @@ class StepSizeGraphRule(NeuronGraphBase):
         max_depth: int = 32,
     ) -> None:
         super().__init__(hidden, layers, max_depth, extra_node_features=3)
-        self.betas = _prodigy_settings(betas, d0, max_log_scale)
+        self.max_log_scale = _checked_max_log_scale(max_log_scale)
         self.scale_out = nn.Linear(hidden, 3)
         self.kind_scale = nn.Embedding(_NUM_KINDS, 1)
         for tensor in (self.scale_out.weight, self.scale_out.bias, self.kind_scale.weight):
             nn.init.zeros_(tensor)
-        self.max_log_scale, self.d0, self.eps = max_log_scale, d0, eps
-        self._config = {"hidden": hidden, "layers": layers, "max_log_scale": max_log_scale, "betas": list(self.betas),
-                        "d0": d0, "eps": eps, "max_depth": max_depth}
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
-
-    def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
-        """Prodigy's statistics, see :func:`l2o.distance.init_stats`."""
-        return D.init_stats(params, self.d0)
+        self._config = {"hidden": hidden, "layers": layers, "max_log_scale": max_log_scale,
+                        **self._set_prodigy(betas, d0, eps), "max_depth": max_depth}
 
     def fused_step(self, context: GraphContext) -> Any:
         """:class:`l2o.fused_adaptive.FusedStepSizeStep` on ``context``: the same update in two
@@ -214,7 +206,7 @@ class StepSizeGraphRule(NeuronGraphBase):
 
 
 @register_rule("tensor-stepsize")
-class StepSizeTensorRule(UpdateRule):
+class StepSizeTensorRule(D.ProdigyStatistics, UpdateRule):
     """The twin of :class:`StepSizeGraphRule` without the graph: Prodigy with one learned step size
     per tensor (as Celo's per-tensor normalisation and learned schedule), from what a rule that does
     not know the architecture can see.
@@ -248,22 +240,13 @@ class StepSizeTensorRule(UpdateRule):
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        self.betas = _prodigy_settings(betas, d0, max_log_scale)
+        self.max_log_scale = _checked_max_log_scale(max_log_scale)
         n_in = 2 * len(self.feature_names) + 2 + 3 + F.NUM_TIME_FEATURES
         self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.scale_out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.scale_out.weight)
         nn.init.zeros_(self.scale_out.bias)
-        self.max_log_scale, self.d0, self.eps = max_log_scale, d0, eps
-        self._config = {"hidden": hidden, "max_log_scale": max_log_scale, "betas": list(self.betas), "d0": d0,
-                        "eps": eps}
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
-
-    def init_state(self, params: Sequence[Tensor]) -> dict[str, Any]:
-        """Prodigy's statistics, see :func:`l2o.distance.init_stats`."""
-        return D.init_stats(params, self.d0)
+        self._config = {"hidden": hidden, "max_log_scale": max_log_scale, **self._set_prodigy(betas, d0, eps)}
 
     def tensor_inputs(self, param: Tensor, feats: Tensor, time: Tensor) -> Tensor:
         """The MLP's inputs for one tensor: ``feats [7, R, C]`` (:func:`l2o.distance.features`) and
