@@ -217,7 +217,7 @@ def prodigy_pass_(
     numerator = betas[2] * numerator + weight * correction * dot
     estimate = numerator / torch.where(l1 > 0, l1, torch.ones_like(l1))
     new_d = torch.where(l1 > 0, torch.maximum(d, estimate), d)
-    return scales, pooled / counts.to(dtype).repeat_interleave(n_feat, 1), numerator, new_d
+    return scales, pooled / counts.to(dtype).clamp(min=1).repeat_interleave(n_feat, 1), numerator, new_d
 
 
 def scaled_updates_(

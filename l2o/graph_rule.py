@@ -158,7 +158,7 @@ class GraphContext:
     element connects (for a bias both are its neuron); ``kind[i]`` (also a :class:`NeuronMap`,
     into the kind embeddings) the element kind ids; ``on_edge[i]`` whether the elements are
     weights (edges) or neuron parameters (nodes). ``counts [N, 3]``: number of elements pooled into
-    each neuron (in-weights, out-weights, own). ``aggregation`` does the GNN's neighbour reductions.
+    each neuron (in-weights, out-weights, own; 0 where none). ``aggregation`` does the GNN's neighbour reductions.
     Memory: ``O(R + C)`` per weight matrix or convolution, ``O(N)`` for the graph.
     """
 
@@ -242,7 +242,7 @@ class NeuronGraphBase(UpdateRule):
             target=[m.to(device) for m in maps["target"]],
             kind=[m.to(device) for m in maps["kind"]],
             on_edge=on_edge,
-            counts=counts.clamp(min=1).to(device),
+            counts=counts.to(device),
             node_role=nodes["node_role"].to(device),
             node_activation=nodes["node_activation"].to(device),
             node_depth=depth.to(device),
@@ -280,7 +280,7 @@ class NeuronGraphBase(UpdateRule):
     @staticmethod
     def pooled_means(sums: Tensor, context: GraphContext) -> Tensor:
         """``sums [3, N, F]`` from :meth:`pool` -> the means ``[N, 3 F]`` :meth:`neuron_states` reads."""
-        return (sums / context.counts.T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
+        return (sums / context.counts.clamp(min=1).T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
 
 
 class GraphRuleBase(NeuronGraphBase):

@@ -117,6 +117,12 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         d0: Prodigy's initial step-size estimate.
         eps: added to ``sqrt(v)`` (times ``d``).
         max_depth: depths beyond it share the last depth embedding.
+        centred: ``True`` makes the step sizes only redistribute Prodigy's step: each column of the
+            neurons' log step sizes has its mean over the elements it scales subtracted, and the
+            element-kind table is not used, so the geometric mean of the factors over all elements
+            is exactly 1 and the overall size stays Prodigy's ``d``. Why: trained unconstrained,
+            the rule learned one global caution (about 8x smaller steps everywhere) from short
+            truncations, not where a weight sits.
 
     Modules, beyond :class:`~l2o.graph_rule.NeuronGraphBase`'s: ``scale_out`` (neuron state -> the
     3 log step sizes) and ``kind_scale`` (element kind -> log step size), both zero-initialised.
@@ -135,15 +141,17 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         d0: float = D.DEFAULT_D0,
         eps: float = 1e-8,
         max_depth: int = 32,
+        centred: bool = False,
     ) -> None:
         super().__init__(hidden, layers, max_depth, extra_node_features=3)
+        self.centred = centred
         self.max_log_scale = _checked_max_log_scale(max_log_scale)
         self.scale_out = nn.Linear(hidden, 3)
         self.kind_scale = nn.Embedding(_NUM_KINDS, 1)
         for tensor in (self.scale_out.weight, self.scale_out.bias, self.kind_scale.weight):
             nn.init.zeros_(tensor)
         self._config = {"hidden": hidden, "layers": layers, "max_log_scale": max_log_scale,
-                        **self._set_prodigy(betas, d0, eps), "max_depth": max_depth}
+                        **self._set_prodigy(betas, d0, eps), "max_depth": max_depth, "centred": centred}
 
     def fused_step(self, context: GraphContext) -> Any:
         """:class:`l2o.fused_adaptive.FusedStepSizeStep` on ``context``: the same update in two
@@ -156,10 +164,16 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
     def log_scales(self, context: GraphContext, pooled: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
         """``pooled [N, 3 F]`` (:meth:`pooled_means`) and ``time [11]`` -> ``(neurons [N, 3], kinds
         [K])``: each neuron's log step sizes for its in-weights, out-weights and own parameters,
-        and each element kind's, soft-clipped."""
-        fan = context.counts.log().to(pooled.dtype) * _FAN_SCALE
-        raw = self.scale_out(self.neuron_states(context, pooled, time, fan))
-        return soft_clip(raw, self.max_log_scale), soft_clip(self.kind_scale.weight[:, 0], self.max_log_scale)
+        and each element kind's, soft-clipped (and centred, with a zero kind table, if
+        :attr:`centred`)."""
+        counts = context.counts.to(pooled.dtype)
+        fan = counts.clamp(min=1).log() * _FAN_SCALE
+        neurons = soft_clip(self.scale_out(self.neuron_states(context, pooled, time, fan)), self.max_log_scale)
+        kinds = soft_clip(self.kind_scale.weight[:, 0], self.max_log_scale)
+        if self.centred:  # each element counts once in its column(s): counts are the weights
+            neurons = neurons - (neurons * counts).sum(0) / counts.sum(0).clamp(min=1)
+            kinds = torch.zeros_like(kinds)
+        return neurons, kinds
 
     @staticmethod
     def scale_terms(context: GraphContext, i: int) -> list[tuple[str, Tensor, int]]:

@@ -95,6 +95,35 @@ def test_step_on_permuted_network_is_the_permuted_step(name, rule_class):
     torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["mlp", "resnet", "transformer"])
+def test_centred_step_sizes_only_redistribute_the_step(name):
+    """``centred=True``: the per-element factors vary but their geometric mean over the whole model
+    is exactly 1 (the overall size stays Prodigy's ``d``), and the step stays equivariant."""
+    from functools import partial
+
+    from encoders.symmetry import permute_flat
+    from l2o import features as F
+
+    model, permuted, example, graph, sigma = permuted_pair(name)
+    rule = random_rule(partial(StepSizeGraphRule, centred=True))
+    params = [p.detach() for p in model.parameters()]
+    context = rule.build_context(params, model, (example,))
+    torch.manual_seed(2)
+    log_scales = rule.log_scales(context, torch.randn(context.num_nodes, 21, dtype=torch.float64),
+                                 torch.randn(11, dtype=torch.float64))
+    logs = []
+    for i, p in enumerate(params):
+        shape = F.matrix_shape(p.shape)
+        rows, cols, full = rule.scale_factors(context, i, *shape, log_scales)
+        factor = rows * cols if full is None else rows * cols * full
+        logs.append(factor.expand(shape).log().reshape(-1))
+    logs = torch.cat(logs)
+    assert logs.std() > 0.01
+    assert abs(float(logs.mean())) < 1e-12
+    after, after_permuted = train(model, example, rule), train(permuted, example, rule)
+    torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
+
+
 @each_graph_rule
 def test_update_uses_graph_context(rule_class):
     """Changing the last layer's gradient changes the first layer's update through the GNN (d is
