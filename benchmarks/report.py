@@ -18,7 +18,8 @@ RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
 ORDER = ("step_overhead", "step_overhead_v4", "step_overhead_cuda", "head_cost", "fused_parity", "l2o_quality",
          "l2o_quality_v3",
-         "rule_validation", "rule_validation_stepsize", "rule_validation_centred", "recipe_spread",
+         "rule_validation", "rule_validation_stepsize", "rule_validation_centred",
+         "rule_validation_long", "recipe_spread",
          "graph_build", "encoders_throughput", "encoders_throughput_cuda", "zoo_throughput", "weight_space",
          "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
          "weight_space_ablation", "weight_space_generalization")
@@ -30,6 +31,7 @@ VARIANTS = {
     "rule_validation_stepsize": "python -m benchmarks.rule_validation --config "
                                 "l2o/meta/configs/stepsize_neural_graph.yaml",
     "rule_validation_centred": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_centred.yaml",
+    "rule_validation_long": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_long.yaml",
     "weight_space_classify": "python -m benchmarks.weight_space --size classify",
     "weight_space_classify_dwsnets": "python -m benchmarks.weight_space --size classify-dwsnets",
     "weight_space_classify_ng": "python -m benchmarks.weight_space --size classify-ng",
