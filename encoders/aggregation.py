@@ -46,7 +46,17 @@ class NeighbourAggregation(nn.Module):
         for name, targets in (("in", torch.cat([n.biclique_dst[0], n.sparse_edges[1]])),
                               ("out", torch.cat([n.biclique_src[0], n.sparse_edges[0]]))):
             self.register_buffer(f"{name}_targets", targets)
-            self.gathers[name] = bool((torch.bincount(targets, minlength=self.num_nodes) <= 1).all())
+            counts = torch.bincount(targets, minlength=self.num_nodes)
+            self.gathers[name] = bool((counts <= 1).all())
+            # for project(): contributions that are their node's only one, and the others with the
+            # compact slot of their node among the nodes that have several
+            single = counts[targets] == 1
+            shared = counts > 1
+            slot = torch.cumsum(shared, 0) - 1
+            self.register_buffer(f"{name}_single", single.nonzero().flatten(), persistent=False)
+            self.register_buffer(f"{name}_shared", (~single).nonzero().flatten(), persistent=False)
+            self.register_buffer(f"{name}_shared_slot", slot[targets[~single]], persistent=False)
+            self.register_buffer(f"{name}_shared_nodes", shared.nonzero().flatten(), persistent=False)
         self.register_buffer("log_degree", n.degrees.log1p())
 
     def _direction(self, x: Tensor, members_from: Tensor, members_to: Tensor, src: Tensor, dst: Tensor,
@@ -74,21 +84,34 @@ class NeighbourAggregation(nn.Module):
         return (scatter(_sum_terms(gathered), clique_from, 0, dim_size=b, reduce="sum"),
                 scatter(_max_terms(gathered), clique_from, 0, dim_size=b, reduce="max"))
 
-    def _projected_direction(self, x: Tensor, members_from: Tensor, members_to: Tensor, src: Tensor, dst: Tensor,
+    def _projected_direction(self, x: Tensor, members_from: Tensor, members_to: Tensor, src: Tensor,
                              direction: str, weight: Tensor) -> Tensor:
         """``_direction(...) @ weight.T`` (``weight [out, 4 d]``) -> ``[N, out]``.
 
-        Where every node has at most one contribution (:attr:`gathers`), a node's aggregates are
-        those of its biclique or of its one neighbour, so the projection is computed per biclique
-        and per one-to-one edge and then gathered: ``O(B + E_sparse)`` rows through the ``4 d``-wide
-        product instead of ``N``. Otherwise, the node-level aggregates are projected."""
-        if not self.gathers[direction]:
-            return self._direction(x, members_from, members_to, src, dst, direction) @ weight.T
+        A node with one contribution (one biclique, or one one-to-one edge) has that contribution's
+        aggregates, so its projection is computed per biclique or per edge and gathered: ``B +
+        E_sparse`` rows through the ``4 d``-wide product instead of one per node. Nodes with several
+        contributions (a residual stream fed by a layer and a skip edge) are reduced and projected
+        in a compact ``[M, 4 d]`` block of their own. Plain MLPs and CNNs have no such node."""
         sums, extremes = self._clique_reductions(x, members_from)
         neighbours = x[src]
+        edge_sums, edge_maxima = _sum_terms(neighbours), _max_terms(neighbours)
         per_clique = _statistics(sums, extremes) @ weight.T
-        per_edge = _statistics(_sum_terms(neighbours), _max_terms(neighbours)) @ weight.T
-        return self._combine(torch.cat([per_clique[members_to[1]], per_edge]), "sum", direction)
+        per_edge = _statistics(edge_sums, edge_maxima) @ weight.T
+        targets = getattr(self, f"{direction}_targets")
+        single = getattr(self, f"{direction}_single")
+        out = x.new_zeros(self.num_nodes, weight.shape[0])
+        out = out.index_copy(0, targets[single], torch.cat([per_clique[members_to[1]], per_edge])[single])
+        shared = getattr(self, f"{direction}_shared")
+        if shared.numel():
+            nodes = getattr(self, f"{direction}_shared_nodes")
+            slot = getattr(self, f"{direction}_shared_slot")
+            total = scatter(torch.cat([sums[members_to[1]], edge_sums])[shared], slot, 0, dim_size=nodes.numel(),
+                            reduce="sum")
+            bounds = scatter(torch.cat([extremes[members_to[1]], edge_maxima])[shared], slot, 0,
+                             dim_size=nodes.numel(), reduce="max")
+            out = out.index_copy(0, nodes, _statistics(total, bounds) @ weight.T)
+        return out
 
     def _combine(self, contributions: Tensor, reduce: str, direction: str) -> Tensor:
         """``scatter(contributions, targets, reduce)`` over the nodes (``[N, c]``; 0 where none)."""
@@ -111,18 +134,17 @@ class NeighbourAggregation(nn.Module):
 
     def project(self, x: Tensor, weight: Tensor) -> Tensor:
         """``forward(x) @ weight.T`` for ``weight [out, 8 d + 2]``: ``[N, out]``, without building
-        the ``[N, 8 d + 2]`` aggregates where a direction allows it (see
-        :meth:`_projected_direction`: plain MLPs and CNNs, where it is several times cheaper).
-        Equal to the product up to float rounding (tested)."""
+        the ``[N, 8 d + 2]`` aggregates of nodes with one contribution per direction (see
+        :meth:`_projected_direction`; on plain MLPs and CNNs that is every node, and the product is
+        several times cheaper). Equal to the product up to float rounding (tested)."""
         if x.shape[0] != self.num_nodes:
             raise ValueError(f"expected states of {self.num_nodes} nodes, got {x.shape[0]}")
         d = x.shape[1]
         if weight.shape[1] != 8 * d + 2:
             raise ValueError(f"expected a weight of {8 * d + 2} columns for {d}-wide states, got {weight.shape[1]}")
         src, dst = self.sparse
-        incoming = self._projected_direction(x, self.biclique_src, self.biclique_dst, src, dst, "in",
-                                             weight[:, :4 * d])
-        outgoing = self._projected_direction(x, self.biclique_dst, self.biclique_src, dst, src, "out",
+        incoming = self._projected_direction(x, self.biclique_src, self.biclique_dst, src, "in", weight[:, :4 * d])
+        outgoing = self._projected_direction(x, self.biclique_dst, self.biclique_src, dst, "out",
                                              weight[:, 4 * d:8 * d])
         return incoming + outgoing + self.log_degree.to(x.dtype) @ weight[:, 8 * d:].T
 
