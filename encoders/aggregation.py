@@ -54,6 +54,7 @@ class NeighbourAggregation(nn.Module):
             shared = counts > 1
             slot = torch.cumsum(shared, 0) - 1
             self.register_buffer(f"{name}_single", single.nonzero().flatten(), persistent=False)
+            self.register_buffer(f"{name}_single_targets", targets[single], persistent=False)
             self.register_buffer(f"{name}_shared", (~single).nonzero().flatten(), persistent=False)
             self.register_buffer(f"{name}_shared_slot", slot[targets[~single]], persistent=False)
             self.register_buffer(f"{name}_shared_nodes", shared.nonzero().flatten(), persistent=False)
@@ -98,10 +99,9 @@ class NeighbourAggregation(nn.Module):
         edge_sums, edge_maxima = _sum_terms(neighbours), _max_terms(neighbours)
         per_clique = _statistics(sums, extremes) @ weight.T
         per_edge = _statistics(edge_sums, edge_maxima) @ weight.T
-        targets = getattr(self, f"{direction}_targets")
         single = getattr(self, f"{direction}_single")
-        out = x.new_zeros(self.num_nodes, weight.shape[0])
-        out = out.index_copy(0, targets[single], torch.cat([per_clique[members_to[1]], per_edge])[single])
+        out = x.new_zeros(self.num_nodes, weight.shape[0]).index_copy(
+            0, getattr(self, f"{direction}_single_targets"), torch.cat([per_clique[members_to[1]], per_edge])[single])
         shared = getattr(self, f"{direction}_shared")
         if shared.numel():
             nodes = getattr(self, f"{direction}_shared_nodes")

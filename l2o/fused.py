@@ -373,7 +373,7 @@ class FusedStep(FusedStepBase):
             for (_, neurons, block), sums in zip(pools, found[i][2]):
                 pooled[:, block * _N_FEAT:(block + 1) * _N_FEAT].index_add_(0, neurons.ids.reshape(-1), sums)
         time = F.time_features(step, rule.node_in.weight)
-        means = pooled / context.counts.clamp(min=1).repeat_interleave(_N_FEAT, 1)
+        means = pooled / context.pool_sizes.repeat_interleave(_N_FEAT, 1)
         at_source, at_target, time_bias = self._context(rule, context, means, time)
         head = (rule.head_in.weight, rule.head_out.weight, rule.head_out.bias)
         form = (rule.step_mult, rule.exp_mult, rule.skip, rule.gated)

@@ -175,7 +175,7 @@ def scaled_update_(
 
 def prodigy_pass_(
     views: Sequence[tuple[Tensor, ...]], sites: Sequence[Sequence[tuple[str, Tensor, int]]], d: Tensor,
-    numerator: Tensor, correction: Tensor, counts: Tensor, d0: float, betas: tuple[float, float, float], eps: float,
+    numerator: Tensor, correction: Tensor, pool_sizes: Tensor, d0: float, betas: tuple[float, float, float], eps: float,
     dtype: torch.dtype,
 ) -> tuple[list[Tensor | None], Tensor, Tensor, Tensor]:
     """The first pass over every tensor of the model: :func:`adaptive_stats_` on each, their
@@ -190,7 +190,8 @@ def prodigy_pass_(
         d: 0-d, the estimate before this step.
         numerator: 0-d, Prodigy's ``r`` before this step.
         correction: 0-d, ``c_k``.
-        counts: ``[N, 3]`` elements pooled into each neuron.
+        pool_sizes: ``[N, 3]`` elements pooled into each neuron, at least 1
+            (:attr:`~l2o.graph_rule.GraphContext.pool_sizes`).
         d0: Prodigy's initial estimate.
         betas: ``(b1, b2, sqrt(b2))``.
         eps: added to ``sqrt(v)`` (times ``d``) in the features.
@@ -201,7 +202,7 @@ def prodigy_pass_(
     """
     weight = d / d0 * d
     n_feat = len(D.FEATURE_NAMES)
-    pooled = torch.zeros(counts.shape[0], 3 * n_feat, dtype=dtype, device=counts.device)
+    pooled = torch.zeros(pool_sizes.shape[0], 3 * n_feat, dtype=dtype, device=pool_sizes.device)
     dot, l1 = d.new_zeros(()), d.new_zeros(())
     scales: list[Tensor | None] = []
     for view, pools in zip(views, sites):
@@ -217,7 +218,7 @@ def prodigy_pass_(
     numerator = betas[2] * numerator + weight * correction * dot
     estimate = numerator / torch.where(l1 > 0, l1, torch.ones_like(l1))
     new_d = torch.where(l1 > 0, torch.maximum(d, estimate), d)
-    return scales, pooled / counts.to(dtype).clamp(min=1).repeat_interleave(n_feat, 1), numerator, new_d
+    return scales, pooled / pool_sizes.to(dtype).repeat_interleave(n_feat, 1), numerator, new_d
 
 
 def scaled_updates_(
@@ -262,8 +263,8 @@ class _FusedProdigyStep(FusedStepBase):
             views.append((p.view(shape), g.reshape(shape), *(s.view(shape) for s in stats)))
         sites = [sites if view[0].numel() else [] for view, sites in zip(views, self._sites)]
         correction = D.bias_correction(state["step"], rule.betas, d)
-        scales, pooled, numerator, new_d = self._pass(views, sites, d, state["numerator"], correction, context.counts,
-                                                      rule.d0, (b1, b2, math.sqrt(b2)), rule.eps,
+        scales, pooled, numerator, new_d = self._pass(views, sites, d, state["numerator"], correction,
+                                                      context.pool_sizes, rule.d0, (b1, b2, math.sqrt(b2)), rule.eps,
                                                       rule.node_in.weight.dtype)
         step = state["step"] + 1
         return {"views": views, "scales": scales, "pooled": pooled, "time": F.time_features(step, rule.node_in.weight),

@@ -173,6 +173,12 @@ class GraphContext:
     node_activation: Tensor
     node_depth: Tensor
 
+    @property
+    def pool_sizes(self) -> Tensor:
+        """``counts`` with 0 raised to 1 ``[N, 3]``: what pooled sums are divided by (an empty pool's
+        sum is 0, and so is its mean) and what the log fan-in / fan-out features read."""
+        return self.counts.clamp(min=1)
+
 
 def _element_kinds(on_edge: bool, edge_kind: Tensor, channel: Tensor) -> Tensor:
     """Kind-embedding index of elements: their node channel, or their edge kind and channel."""
@@ -280,7 +286,7 @@ class NeuronGraphBase(UpdateRule):
     @staticmethod
     def pooled_means(sums: Tensor, context: GraphContext) -> Tensor:
         """``sums [3, N, F]`` from :meth:`pool` -> the means ``[N, 3 F]`` :meth:`neuron_states` reads."""
-        return (sums / context.counts.clamp(min=1).T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
+        return (sums / context.pool_sizes.T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
 
 
 class GraphRuleBase(NeuronGraphBase):

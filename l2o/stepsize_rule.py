@@ -166,11 +166,11 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         [K])``: each neuron's log step sizes for its in-weights, out-weights and own parameters,
         and each element kind's, soft-clipped (and centred, with a zero kind table, if
         :attr:`centred`)."""
-        counts = context.counts.to(pooled.dtype)
-        fan = counts.clamp(min=1).log() * _FAN_SCALE
+        fan = context.pool_sizes.to(pooled.dtype).log() * _FAN_SCALE
         neurons = soft_clip(self.scale_out(self.neuron_states(context, pooled, time, fan)), self.max_log_scale)
         kinds = soft_clip(self.kind_scale.weight[:, 0], self.max_log_scale)
         if self.centred:  # each element counts once in its column(s): counts are the weights
+            counts = context.counts.to(pooled.dtype)
             neurons = neurons - (neurons * counts).sum(0) / counts.sum(0).clamp(min=1)
             kinds = torch.zeros_like(kinds)
         return neurons, kinds
