@@ -1,6 +1,6 @@
 """The ``l2o zoo`` subcommands: ``add_parser(subparsers)`` registers them on the ``l2o`` CLI.
 
-    l2o zoo inr OUT [--source mnist5k] [--recipe fast|dwsnets] [--copies K] ...   fit SIRENs per image
+    l2o zoo inr OUT [--source mnist5k] [--recipe fast|dwsnets] [--copies K [--eval-copies 1]] ...   fit SIRENs per image
     l2o zoo cnn OUT [--source digits] [--architectures 16] ...        train a CNN zoo with checkpoints
     l2o zoo import FOLDER OUT --format dwsnets|nfn                   convert a published SIREN zoo
     l2o zoo info ZOO                                                 summarise a zoo folder
@@ -44,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      "datasets.load_dataset name/path")
     inr.add_argument("--image-split", default="train", help="split of a Hugging Face source")
     inr.add_argument("--copies", type=int, default=1, help="SIRENs per image, from different seeds")
+    inr.add_argument("--eval-copies", type=int, default=None,
+                     help="SIRENs per validation/test image (default: --copies; 1: extra views of the "
+                          "training images only)")
     inr.add_argument("--hidden", type=int, nargs="+", default=[32, 32])
     inr.add_argument("--w0", type=float, default=30.0)
     inr.add_argument("--offset", type=float, default=0.5)
@@ -94,7 +97,8 @@ def run_inr(args: argparse.Namespace) -> int:
     config = InrConfig(hidden=tuple(args.hidden), w0=args.w0, offset=args.offset, value_range=tuple(args.value_range),
                        batch_size=args.batch_size, compile=not args.no_compile, **{**RECIPES[args.recipe], **given})
     zoo = make_inr_zoo(args.out, args.source, config=config, image_split=args.image_split, limit=args.limit,
-                       copies=args.copies, seed=args.seed, split_fractions=dict(args.split_fractions),
+                       copies=args.copies, eval_copies=args.eval_copies,
+                       seed=args.seed, split_fractions=dict(args.split_fractions),
                        shard_size=args.shard_size, workers=args.workers, progress=not args.no_progress)
     print(f"INR zoo of {len(zoo)} SIRENs in {args.out}")
     return run_info(argparse.Namespace(zoo=args.out))

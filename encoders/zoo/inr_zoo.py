@@ -42,6 +42,7 @@ def make_inr_zoo(
     image_split: str = "train",
     limit: int | None = None,
     copies: int = 1,
+    eval_copies: int | None = None,
     seed: int = 0,
     split_fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
     shard_size: int = 256,
@@ -61,6 +62,10 @@ def make_inr_zoo(
         image_split: split of a Hugging Face source to read.
         limit: use ``limit`` images (see :func:`~encoders.zoo.images.load_images`).
         copies: SIRENs per image, each from its own seed.
+        eval_copies: SIRENs per validation and test image (default: ``copies``). ``copies=K,
+            eval_copies=1`` is the NFN zoo's layout: extra views of the training images only, so
+            scores stay comparable with a one-copy zoo and no fitting time goes to views nobody
+            trains on.
         seed: master seed; SIREN ``(image i, copy c)`` starts from ``derive_seed(seed, i, c)``.
         split_fractions: train/val/test fractions, drawn by image (all copies of an image share a split).
         shard_size: records per shard (the unit of resumption).
@@ -82,26 +87,32 @@ def make_inr_zoo(
     check_images(images)
     if labels.shape != (len(images),):
         raise ValueError(f"labels must have shape [{len(images)}], got {tuple(labels.shape)}")
-    if copies < 1 or shard_size < 1:
-        raise ValueError(f"copies and shard_size must be >= 1, got {copies} and {shard_size}")
-    n_records = len(images) * copies
+    eval_copies = copies if eval_copies is None else eval_copies
+    if min(copies, eval_copies, shard_size) < 1:
+        raise ValueError(f"copies, eval_copies and shard_size must be >= 1, got {copies}, {eval_copies} and "
+                         f"{shard_size}")
+    splits = assign_splits(len(images), split_fractions, seed)
+    # records in image order, each image's copies together: (image index, copy)
+    pairs = torch.tensor([(i, c) for i, split in enumerate(splits)
+                          for c in range(copies if split == "train" else eval_copies)], dtype=torch.long)
+    n_records = len(pairs)
     num_shards = -(-n_records // shard_size)
     meta = {"kind": "inr", "source": source_meta, "config": config.to_dict(),
             "siren": config.siren_kwargs(images.shape[1]), "image_shape": list(images.shape[1:]),
-            "num_images": len(images), "copies": copies, "seed": seed, "split_fractions": dict(split_fractions),
+            "num_images": len(images), "copies": copies,
+            **({"eval_copies": eval_copies} if eval_copies != copies else {}),  # old zoos' metadata unchanged
+            "seed": seed, "split_fractions": dict(split_fractions),
             "shard_size": shard_size,
             "conventions": "pixel (row r, col c) at (x, y) = (linspace(-1,1,W)[c], linspace(-1,1,H)[r]); "
                            "output = SIREN(x, y) + offset fits value_range; PSNR on the [0, 1] scale"}
     writer = ShardWriter(path, meta, num_shards, INR_FEATURES)
-    splits = assign_splits(len(images), split_fractions, seed)
     todo = [s for s in range(num_shards) if not writer.has_shard(s)]
     with SirenFitter(config, workers) as fitter:
         for shard in tqdm(todo, desc="INR shards", disable=not progress):
-            records = torch.arange(shard * shard_size, min((shard + 1) * shard_size, n_records))
-            image_index, copy = records // copies, records % copies
+            image_index, copy = pairs[shard * shard_size:(shard + 1) * shard_size].unbind(1)
             seeds = [derive_seed(seed, int(i), int(c)) for i, c in zip(image_index, copy)]
             params, psnr = fitter.fit(images[image_index], seeds)
-            state_dicts = [{k: v[j] for k, v in params.items()} for j in range(len(records))]
+            state_dicts = [{k: v[j] for k, v in params.items()} for j in range(len(image_index))]
             writer.write_shard(shard, {
                 "image_index": image_index.tolist(), "copy": copy.tolist(), "label": labels[image_index].tolist(),
                 "seed": seeds, "psnr": psnr.tolist(), "split": [splits[int(i)] for i in image_index],

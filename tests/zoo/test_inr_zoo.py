@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,28 @@ def test_splits_are_by_image(tmp_path: Path, digits: Digits) -> None:
     assert not torch.equal(copies[0], copies[1])  # two seeds per image
     with pytest.raises(ValueError, match="no split 'holdout'"):
         zoo.split("holdout")
+
+
+def test_extra_views_of_training_images_only(tmp_path: Path, digits: Digits) -> None:
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    zoo = make_inr_zoo(tmp_path / "z", digits, config=InrConfig(steps=2, compile=False), copies=3, eval_copies=1,
+                       limit=10, split_fractions=fractions, shard_size=4, progress=False)
+    one = make_inr_zoo(tmp_path / "one", digits, config=InrConfig(steps=2, compile=False), limit=10,
+                       split_fractions=fractions, progress=False)
+    data = zoo.dataset
+    views = Counter(data["image_index"])
+    split_of = dict(zip(data["image_index"], data["split"]))
+    assert views == {image: 3 if split == "train" else 1 for image, split in split_of.items()}
+    assert len(zoo) == 6 * 3 + 4
+    train_images = set(zoo.split("train").dataset["image_index"])
+    held_out = set(zoo.split("val").dataset["image_index"]) | set(zoo.split("test").dataset["image_index"])
+    assert not train_images & held_out and len(held_out) == 4
+    # the same images land in the same splits as in a one-copy zoo, and copy 0 starts from the same seed
+    assert dict(zip(one.dataset["image_index"], one.dataset["split"])) == split_of
+    first = {i: s for i, c, s in zip(data["image_index"], data["copy"], data["seed"]) if c == 0}
+    assert first == dict(zip(one.dataset["image_index"], one.dataset["seed"]))
+    with pytest.raises(ValueError, match="eval_copies"):
+        make_inr_zoo(tmp_path / "bad", digits, copies=2, eval_copies=0, limit=4, progress=False)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(
