@@ -3,8 +3,9 @@
 Workloads: a batch of 2-32-32-1 SIRENs (one architecture) and a batch of small CNNs of mixed
 architectures (2-3 conv layers, 4-16 channels, 3x3/5x5 kernels, global pooling, linear head).
 Paths: ``sparse`` (PyG batch, any architectures), ``dense`` (:mod:`encoders.dense`, one
-architecture per batch, so SIRENs only) and ``compiled`` (the dense path through
-``torch.compile``; its first-call compile time is reported). Speedups are against the sparse
+architecture per batch, so SIRENs only), ``compiled`` (the dense path through
+``torch.compile``; its first-call compile time is reported) and ``compiled-bf16`` (the same under
+bfloat16 autocast, as ``FitConfig(bf16=True)`` trains). Speedups are against the sparse
 path of the same encoder, measured in the same run.
 Each (encoder, workload, device) runs in a fresh process. CPU peak memory is that process's peak
 RSS growth during forward+backward over its state after building the model and the batch
@@ -47,7 +48,7 @@ ENCODERS = {
     "NG-T sparse": (NGTransformer, NGTransformerConfig, {"attention": "sparse"}),
     "NG-T dense": (NGTransformer, NGTransformerConfig, {"attention": "dense"}),
 }
-PATHS = ("sparse", "dense", "compiled")
+PATHS = ("sparse", "dense", "compiled", "compiled-bf16")
 # reference implementation, 2-core CPU, batch 128 of 2-32-32-1 SIRENs (REFERENCES.md section 2)
 REFERENCE = {"NG-GNN": {"graphs_per_s": 14.0, "peak_mb": 2750.0}, "NG-T": {"graphs_per_s": 4.7, "peak_mb": 13800.0}}
 
@@ -85,12 +86,13 @@ def measure(encoder: str, workload: str, device: str, batch: int, repeats: int, 
     model = (cls(config, degree_histograms(graphs)) if cls is NGGNN else cls(config)).to(device)
     if path != "sparse":
         data = DenseGraphs.from_flat(graphs[0], torch.stack([g.to_flat() for g in graphs]).to(device))
-    if path == "compiled":
+    if path.startswith("compiled"):
         model.compile_dense()
 
     def step() -> None:
-        x, e = model(data)
-        (x.square().mean() + e.square().mean()).backward()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=path.endswith("bf16")):
+            x, e = model(data)
+        (x.float().square().mean() + e.float().square().mean()).backward()
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
                 for path in [p for p in args.paths if p == "sparse" or workload == "siren"]:
                     r = run_isolated(measure, encoder, workload, device, batch, repeats, path, threads=args.threads)
                     results.append(r)
-                    print(f"{encoder:13s} {workload:6s} {path:8s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} "
+                    print(f"{encoder:13s} {workload:6s} {path:13s} {device:4s} batch {batch:4d}: {r['median_s']:.3f} "
                           f"s/batch, {r['graphs_per_s']:8.1f} graphs/s, peak {r['peak_mb']:7.0f} MB", flush=True)
     write_results(args.out, name, {"threads": args.threads, "reference": REFERENCE,
                                                     "results": results}, markdown(results))

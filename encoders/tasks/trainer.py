@@ -47,6 +47,12 @@ class FitConfig:
     and NG-T on the sparse PyG path even for batches of one architecture (the dense path gives the
     same values, faster; see :mod:`encoders.dense`); ``compile`` puts the dense path through
     ``torch.compile`` (about a minute to compile, then roughly twice as fast on CPU).
+
+    ``bf16`` runs forward passes (training and evaluation) under ``torch.autocast`` in bfloat16:
+    mixed precision, with parameters, gradients, optimizer state and losses in float32. It changes
+    the numbers (so, unlike ``sparse`` and ``compile``, a run resumes only with the same value) and
+    pays off where matrix products are the cost: NG-GNN and NG-T spend most of their time in
+    per-edge products, which bfloat16 runs about 2.5x faster on CPUs with AVX512-BF16 (and on GPUs).
     """
 
     epochs: int = 50
@@ -64,14 +70,22 @@ class FitConfig:
     warmup: int = 0
     sparse: bool = False
     compile: bool = False
+    bf16: bool = False
+
+
+def _precision(model: nn.Module, bf16: bool) -> torch.autocast:
+    """The autocast context of ``FitConfig.bf16`` on ``model``'s device."""
+    device = next(model.parameters(), torch.empty(0)).device.type
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: WeightTask, split: str, batch_size: int = 64) -> float:
-    """The task's metric of ``model`` on ``split`` (eval mode)."""
+def evaluate(model: nn.Module, task: WeightTask, split: str, batch_size: int = 64, bf16: bool = False) -> float:
+    """The task's metric of ``model`` on ``split`` (eval mode; ``bf16``: see :class:`FitConfig`)."""
     model.eval()
-    preds = [task.predictions(model(b, **task.model_inputs(b)), b)
-             for b in task.splits[split].batches(batch_size)]
+    with _precision(model, bf16):
+        preds = [task.predictions(model(b, **task.model_inputs(b)).float(), b)
+                 for b in task.splits[split].batches(batch_size)]
     return task.score(torch.cat(preds), split)
 
 
@@ -161,7 +175,7 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
     # epochs and patience may change between runs (a finished run can be extended), and so may how it runs
     settings = {"task": task.name, "encoder": encoder, "config": {
         k: v for k, v in asdict(config).items() if k not in ("epochs", "patience", "sparse", "compile")}}
-    for name in ("augment", "warmup"):  # checkpoints from before these options existed stay resumable
+    for name in ("augment", "warmup", "bf16"):  # checkpoints from before these options existed stay resumable
         if not settings["config"][name]:
             settings["config"].pop(name)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "best_model": None, "history": [],
@@ -183,7 +197,7 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
     while state["epoch"] < config.epochs and state["epoch"] - state["best_epoch"] < config.patience:
         start = time.perf_counter()
         losses = _epoch(model, optimizer, scheduler, task, config, state["epoch"])
-        score = evaluate(model, task, "val", config.batch_size)
+        score = evaluate(model, task, "val", config.batch_size, config.bf16)
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "loss": losses, f"val_{task.metric}": score})
         if _better(task, score, state["best"]):
@@ -200,7 +214,7 @@ def _train(task: WeightTask, encoder: str, config: FitConfig, folder: Path | Non
     bar.close()
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
-    scores = {"val": state["best"], "test": evaluate(model, task, "test", config.batch_size)}
+    scores = {"val": state["best"], "test": evaluate(model, task, "test", config.batch_size, config.bf16)}
     extra = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "seconds": state["seconds"],
              "parameters": sum(p.numel() for p in model.parameters()), "history": state["history"]}
     return _results(task, encoder, config, scores, extra)
@@ -214,7 +228,9 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
     total, count = 0.0, 0
     augment = task.augmentation() if config.augment else None
     for batch in task.train.batches(config.batch_size, generator, augment):
-        loss: Tensor = task.loss(model(batch, **task.model_inputs(batch)), batch)
+        with _precision(model, config.bf16):
+            outputs = model(batch, **task.model_inputs(batch))
+        loss: Tensor = task.loss(outputs.float(), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

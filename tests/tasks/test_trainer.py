@@ -56,6 +56,18 @@ def test_warmup_starts_from_a_small_learning_rate(tasks: dict) -> None:
     assert moving["history"][1]["loss"] != pytest.approx(moving["history"][0]["loss"], rel=1e-3)
 
 
+def test_bf16_trains_near_float32_and_keeps_its_checkpoints_apart(tasks: dict, tmp_path) -> None:
+    task = tasks["inr-classify"]
+    runs = {bf16: fit(task, "ng-gnn", config=FitConfig(epochs=2, patience=99, bf16=bf16, **CONFIG),
+                      out=tmp_path / str(bf16), progress=False) for bf16 in (False, True)}
+    low, full = ([h["loss"] for h in runs[b]["history"]] for b in (True, False))
+    assert low != full and low == pytest.approx(full, rel=0.05)
+    assert 0 <= runs[True]["test_accuracy"] <= 1
+    with pytest.raises(ValueError, match="other settings"):  # bf16 changes the numbers: no silent mixing
+        fit(task, "ng-gnn", config=FitConfig(epochs=3, patience=99, bf16=True, **CONFIG), out=tmp_path / "False",
+            progress=False)
+
+
 class Payload:
     """Stands for any pickled object: loading it would call code named in the file."""
 
