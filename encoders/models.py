@@ -29,7 +29,7 @@ from encoders.layers.gnn_layer import FILMS, NGGNNLayer
 from encoders.layers.norm import NORMS
 from encoders.layers.relational_attention import ATTENTION_MODES
 from encoders.layers.transformer_layer import NGTransformerLayer
-from encoders.probes import ProbeFeatures
+from encoders.probes import ProbeFeatures, add_probe_features
 
 __all__ = ["EncoderConfig", "NGGNN", "NGGNNConfig", "NGTransformer", "NGTransformerConfig", "degree_histograms"]
 
@@ -179,13 +179,7 @@ class NeuralGraphEncoder(nn.Module):
         are required.
         """
         x, e = self.embed(data)
-        if self.probes is not None:
-            if probe_net is None or probe_params is None:
-                raise ValueError("this encoder uses probe features (config.probes > 0): "
-                                 "pass probe_net and probe_params")
-            x = x + self.probes(data, probe_net, probe_params)
-        elif probe_net is not None or probe_params is not None:
-            raise ValueError("probe_net/probe_params were given but probe features are disabled (config.probes == 0)")
+        x = add_probe_features(x, data, self.probes, probe_net, probe_params)
         if isinstance(data, DenseGraphs):
             return (self._compiled or self.dense_layers)(x, e, data.layout)
         batch = node_batch(data)

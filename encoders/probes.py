@@ -24,7 +24,7 @@ from torch_geometric.data import Data
 from encoders.dense import DenseGraphs
 from encoders.embeddings import node_batch
 
-__all__ = ["ProbeFeatures", "layer_activations"]
+__all__ = ["ProbeFeatures", "add_probe_features", "layer_activations"]
 
 
 def layer_activations(net: nn.Sequential, params: Mapping[str, Tensor], inputs: Tensor) -> list[Tensor]:
@@ -97,3 +97,19 @@ class ProbeFeatures(nn.Module):
         if dense:
             return acts[:, :, column].transpose(1, 2)
         return acts[node_batch(data), :, column]  # [N, K]
+
+
+def add_probe_features(x: Tensor, data: Data | DenseGraphs, probes: ProbeFeatures | None,
+                       probe_net: nn.Sequential | None, probe_params: Mapping[str, Tensor] | None) -> Tensor:
+    """``x`` (node embeddings of ``data``) plus its probe features when ``probes`` is set.
+
+    Every encoder with optional probes calls this, so all of them refuse the same way a call that
+    lacks the probe inputs they need or passes inputs they would ignore.
+    """
+    if probes is not None:
+        if probe_net is None or probe_params is None:
+            raise ValueError("this encoder uses probe features (probes > 0): pass probe_net and probe_params")
+        return x + probes(data, probe_net, probe_params)
+    if probe_net is not None or probe_params is not None:
+        raise ValueError("probe_net/probe_params were given but probe features are disabled (probes == 0)")
+    return x

@@ -34,6 +34,7 @@ from encoders.models import (
     NGTransformerConfig,
     degree_histograms,
 )
+from encoders.probes import ProbeFeatures, add_probe_features, layer_activations
 from encoders.readouts import GraphReadout, NodeEdgeHead, unbatch_features
 from encoders.tasks.data import WeightBatch
 from encoders.tasks.tasks import WeightTask
@@ -48,18 +49,23 @@ class DeepSetsEncoder(nn.Module):
     """DeepSets over the neurons and weights of each network: ``(x [N, d], e [E, d])`` like the NG encoders.
 
     ``x' = phi_n(x0) + rho(pool)[graph]``, ``e' = phi_e(e0) + rho(pool)[graph]`` with ``x0, e0`` the
-    shared input encoding and ``pool`` the per-graph mean and max of ``phi_n(x0)`` and ``phi_e(e0)``.
+    shared input encoding (plus probe features when ``probes`` > 0, as in the NG encoders) and
+    ``pool`` the per-graph mean and max of ``phi_n(x0)`` and ``phi_e(e0)``.
     """
 
-    def __init__(self, node_features: int, edge_features: int, hidden: int) -> None:
+    def __init__(self, node_features: int, edge_features: int, hidden: int, probes: int = 0,
+                 probe_dim: int = 2) -> None:
         super().__init__()
         self.embed = InputEncoding(node_features, edge_features, hidden)
+        self.probes = ProbeFeatures(probes, probe_dim, hidden) if probes else None
         self.phi_n = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.phi_e = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.rho = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
-    def forward(self, data: Data) -> tuple[Tensor, Tensor]:
+    def forward(self, data: Data, probe_net: nn.Sequential | None = None,
+                probe_params: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         x0, e0 = self.embed(data)
+        x0 = add_probe_features(x0, data, self.probes, probe_net, probe_params)
         x, e = self.phi_n(x0), self.phi_e(e0)
         batch = node_batch(data)
         edge_batch = batch[data.edge_index[0]]
@@ -115,19 +121,34 @@ class GraphModel(nn.Module):
 
 class FlatMLP(nn.Module):
     """MLP on the flat standardized weights ``[B, P]`` -> ``[B, out]``; for edits ``scale * MLP`` with a
-    learnable ``scale`` (initialised at 0.01), masked to each network's own parameters."""
+    learnable ``scale`` (initialised at 0.01), masked to each network's own parameters.
 
-    def __init__(self, width: int, out_features: int, hidden: int, layers: int, edits: bool) -> None:
+    ``probe_width`` > 0 (INR tasks): ``probes`` learned input points, and the MLP also reads every
+    layer's activations of each network at them (``probes * probe_width`` values, ``probe_width`` =
+    the network's neurons past its inputs). With them it is the function-space baseline of the
+    probe-feature encoders: the same information, no graph.
+    """
+
+    def __init__(self, width: int, out_features: int, hidden: int, layers: int, edits: bool, probes: int = 0,
+                 probe_dim: int = 2, probe_width: int = 0) -> None:
         super().__init__()
-        dims = [width] + [hidden] * layers
+        self.probes = nn.Parameter(torch.rand(probes, probe_dim) * 2 - 1) if probes else None
+        dims = [width + probes * probe_width] + [hidden] * layers
         blocks: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             blocks += [nn.Linear(a, b), nn.SiLU()]
         self.mlp = nn.Sequential(*blocks, nn.Linear(dims[-1], out_features))
         self.scale = nn.Parameter(torch.tensor(EDIT_SCALE)) if edits else None
 
-    def forward(self, batch: WeightBatch, **_: object) -> Tensor:
-        out = self.mlp(batch.flat)
+    def forward(self, batch: WeightBatch, probe_net: nn.Sequential | None = None,
+                probe_params: Mapping[str, Tensor] | None = None) -> Tensor:
+        inputs = batch.flat
+        if self.probes is not None:
+            if probe_net is None or probe_params is None:
+                raise ValueError("this model uses probe features (probes > 0): pass probe_net and probe_params")
+            acts = layer_activations(probe_net, probe_params, self.probes)[1:]  # each [B, K, n_l]
+            inputs = torch.cat([inputs, *(a.flatten(1) for a in acts)], dim=1)
+        out = self.mlp(inputs)
         if self.scale is None:
             return out
         mask = torch.zeros_like(out)
@@ -144,24 +165,27 @@ def build_model(encoder: str, task: WeightTask, *, hidden: int = 32, layers: int
                 dropout: float = 0.0, dense: bool = True) -> nn.Module:
     """The model ``encoder`` (one of :data:`ENCODERS`) sized for ``task``'s zoo.
 
-    ``probes`` > 0 adds probe features to ``ng-gnn``/``ng-t`` (INR tasks only); ``dense``: see
-    :class:`GraphModel`.
+    ``probes`` > 0 adds probe features (INR tasks only): node features of ``ng-gnn``, ``ng-t`` and
+    ``deepsets``, extra inputs of ``mlp``. ``dense``: see :class:`GraphModel`.
     """
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose from {ENCODERS} (or 'stats')")
-    if probes and (encoder not in ("ng-gnn", "ng-t") or task.kind != "inr"):
-        raise ValueError("probe features need an INR task and an ng-gnn or ng-t encoder")
+    if probes and task.kind != "inr":
+        raise ValueError(f"probe features need an INR task (same-architecture MLPs), not {task.name!r}")
+    probe_dim = task.probe_net[0].in_features if probes else 2
     if encoder == "mlp":
-        return FlatMLP(task.train.raw.shape[1], task.out_features, 4 * hidden, 2, task.edits)
+        probe_width = sum(m.out_features for m in task.probe_net if isinstance(m, nn.Linear)) if probes else 0
+        return FlatMLP(task.train.raw.shape[1], task.out_features, 4 * hidden, 2, task.edits, probes, probe_dim,
+                       probe_width)
     graphs = list({id(g): g for g in task.train.structures}.values())
     node_features, edge_features = graphs[0].x.shape[1], graphs[0].edge_attr.shape[1]
     options = {"node_features": node_features, "edge_features": edge_features, "hidden": hidden, "layers": layers,
-               "dropout": dropout, "probes": probes}
+               "dropout": dropout, "probes": probes, "probe_dim": probe_dim}
     if encoder == "ng-gnn":
         enc: nn.Module = NGGNN(NGGNNConfig(**options), degree_histograms(graphs))
     elif encoder == "ng-t":
         enc = NGTransformer(NGTransformerConfig(**options))
     else:
-        enc = DeepSetsEncoder(node_features, edge_features, hidden)
+        enc = DeepSetsEncoder(node_features, edge_features, hidden, probes, probe_dim)
     edit = (node_features, edge_features) if task.edits else None
     return GraphModel(enc, hidden, task.out_features, _max_outputs(graphs), edit, task.train.raw.shape[1], dense)

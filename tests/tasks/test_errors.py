@@ -43,10 +43,12 @@ def test_wrong_image_and_delta_shapes(tasks: dict) -> None:
 def test_bad_model_choices(tasks: dict) -> None:
     with pytest.raises(ValueError, match="unknown encoder"):
         build_model("resnet", tasks["inr-classify"])
-    with pytest.raises(ValueError, match="probe features need"):
-        build_model("mlp", tasks["inr-classify"], probes=4)
-    with pytest.raises(ValueError, match="probe features need"):
-        build_model("ng-gnn", tasks["generalization"], probes=4)
+    for encoder in ("ng-gnn", "deepsets", "mlp"):
+        with pytest.raises(ValueError, match="probe features need an INR task"):
+            build_model(encoder, tasks["generalization"], probes=4)
+    mlp = build_model("mlp", tasks["inr-classify"], probes=4)
+    with pytest.raises(ValueError, match="pass probe_net and probe_params"):
+        mlp(tasks["inr-classify"].train.batch(torch.arange(2)))
     with pytest.raises(ValueError, match="cannot edit"):
         fit(tasks["inr-edit"], "stats", config=FitConfig(), progress=False)
     with pytest.raises(ValueError, match="pass the zoo"):

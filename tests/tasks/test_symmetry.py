@@ -24,7 +24,7 @@ def _single(task: WeightTask, graph: NeuralGraph, x: Tensor, edge_attr: Tensor):
 # (encoder, dense): NG-GNN and NG-T through both their paths; DeepSets has only the sparse one
 MODELS = [(e, dense) for e in ("ng-gnn", "ng-t") for dense in (True, False)] + [("deepsets", False)]
 CASES = [(t, e, dense, 0) for t in ("inr-classify", "generalization") for e, dense in MODELS]
-CASES += [("inr-classify", e, dense, 4) for e, dense in MODELS if e != "deepsets"]  # probe features
+CASES += [("inr-classify", e, dense, 4) for e, dense in MODELS]  # probe features
 
 
 @pytest.mark.parametrize(("task_name", "encoder", "dense", "probes"), CASES)

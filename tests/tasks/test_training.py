@@ -30,10 +30,19 @@ def test_loss_decreases(tasks: dict, task_name: str, encoder: str) -> None:
     assert losses[-1] < losses[0], losses
 
 
-def test_probe_features_train(tasks: dict) -> None:
-    result = fit(tasks["inr-classify"], "ng-t", config=FitConfig(epochs=1, hidden=16, layers=1, probes=4),
-                 progress=False)
-    assert result["parameters"] > 0 and 0 <= result["test_accuracy"] <= 1
+@pytest.mark.parametrize("encoder", ["ng-t", "deepsets", "mlp"])
+def test_probe_features_train(tasks: dict, encoder: str) -> None:
+    """Every trained encoder takes probes, and they are learned: gradients reach them."""
+    task = tasks["inr-classify"]
+    torch.manual_seed(0)
+    model = build_model(encoder, task, hidden=16, layers=1, probes=4)
+    probes = next(p for n, p in model.named_parameters() if n.endswith("probes"))
+    result = fit(task, encoder, config=FitConfig(epochs=1, hidden=16, layers=1, probes=4), progress=False)
+    assert result["parameters"] == sum(p.numel() for p in model.parameters())
+    assert 0 <= result["test_accuracy"] <= 1
+    batch = task.train.batch(torch.arange(4))
+    model(batch, **task.model_inputs(batch)).square().sum().backward()
+    assert probes.grad is not None and bool(probes.grad.abs().sum() > 0)
 
 
 @pytest.mark.parametrize("task_name", ["inr-classify", "generalization"])
