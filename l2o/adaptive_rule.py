@@ -96,10 +96,10 @@ class AdaptiveGraphRule(D.ProdigyStatistics, GraphRuleBase):
         dtype = self.node_in.weight.dtype
         feats = [D.features(p, g, new_state, i, state["d"], self.eps).to(dtype)
                  for i, (p, g) in enumerate(zip(params, grads))]
-        sums = self.node_in.weight.new_zeros(3, context.num_nodes, len(self.feature_names))
+        sums = self.empty_sums(context, self.node_in.weight, len(self.feature_names))
         for i, f in enumerate(feats):
             if f.numel():
-                self.pool(sums, context, i, f, slice(None))
+                sums = self.pool(sums, context, i, f, slice(None))
         time = F.time_features(new_state["step"], self.node_in.weight)
         tables = self.neuron_tables(context, self.pooled_means(sums, context), time)
         size = state["d"] * D.bias_correction(state["step"], self.betas, state["d"])  # d_k c_k, Prodigy's step

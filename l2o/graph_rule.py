@@ -52,6 +52,9 @@ from l2o.rule import UpdateRule
 
 __all__ = ["GraphContext", "GraphRuleBase", "NeuralGraphRule", "NeuronGraphBase", "describe_graph"]
 
+Sums = tuple[Tensor, Tensor, Tensor]
+"""Per-neuron sums of pooled features ``(in-weights, out-weights, own parameters)``, each ``[N, F]``."""
+
 _NODE_KINDS = 3  # node-feature channels an element can sit on (a bias; a second per-neuron parameter)
 _EDGE_CHANNELS = 3
 _NUM_KINDS = _NODE_KINDS + 5 * _EDGE_CHANNELS  # 5 edge kinds x 3 channels
@@ -137,14 +140,17 @@ class NeuronMap:
             return self.ids, torch.full((cols,), float(rows))
         return self.ids.reshape(-1), torch.ones(rows * cols)
 
-    def pool(self, into: Tensor, values: Tensor, rows: slice) -> None:
-        """Add the sums per neuron of ``values [F, r, C]`` (matrix rows ``rows``) to ``into [N, F]``, in place."""
+    def pool(self, into: Tensor, values: Tensor, rows: slice) -> Tensor:
+        """``into [N, F]`` plus the sums per neuron of ``values [F, r, C]`` (matrix rows ``rows``).
+
+        Out of place, so the rule can be ``torch.func.vmap``-ed over a batch of models (an in-place
+        add of batched values into an unbatched buffer is impossible under vmap).
+        """
         if self.along == "row":
-            into.index_add_(0, self.ids[rows], values.sum(2).T)
-        elif self.along == "col":
-            into.index_add_(0, self.ids, values.sum(1).T)
-        else:
-            into.index_add_(0, self.ids[rows].reshape(-1), values.reshape(values.shape[0], -1).T)
+            return into.index_add(0, self.ids[rows], values.sum(2).T)
+        if self.along == "col":
+            return into.index_add(0, self.ids, values.sum(1).T)
+        return into.index_add(0, self.ids[rows].reshape(-1), values.reshape(values.shape[0], -1).T)
 
     def to(self, device: torch.device) -> NeuronMap:
         return NeuronMap(self.along, self.ids.to(device))
@@ -273,20 +279,28 @@ class NeuronGraphBase(UpdateRule):
         return x
 
     @staticmethod
-    def pool(sums: Tensor, context: GraphContext, i: int, feats: Tensor, rows: slice) -> None:
-        """Add parameter ``i``'s features ``[F, r, C]`` (matrix rows ``rows``) to ``sums [3, N, F]``
-        in place: a weight's to its target's in-weight sums (0) and its source's out-weight sums
-        (1), a neuron parameter's to its neuron's own sums (2)."""
+    def pool(sums: Sums, context: GraphContext, i: int, feats: Tensor, rows: slice) -> Sums:
+        """``sums`` (:meth:`empty_sums`) plus parameter ``i``'s features ``[F, r, C]`` (matrix rows
+        ``rows``): a weight's go to its target's in-weight sums and its source's out-weight sums, a
+        neuron parameter's to its neuron's own sums. Out of place (see :meth:`NeuronMap.pool`); only
+        the sums that change are new tensors."""
+        into, out, own = sums
         if context.on_edge[i]:
-            context.target[i].pool(sums[0], feats, rows)
-            context.source[i].pool(sums[1], feats, rows)
-        else:
-            context.source[i].pool(sums[2], feats, rows)
+            return context.target[i].pool(into, feats, rows), context.source[i].pool(out, feats, rows), own
+        return into, out, context.source[i].pool(own, feats, rows)
 
     @staticmethod
-    def pooled_means(sums: Tensor, context: GraphContext) -> Tensor:
-        """``sums [3, N, F]`` from :meth:`pool` -> the means ``[N, 3 F]`` :meth:`neuron_states` reads."""
-        return (sums / context.pool_sizes.T.unsqueeze(2)).permute(1, 0, 2).reshape(sums.shape[1], -1)
+    def empty_sums(context: GraphContext, like: Tensor, features: int) -> Sums:
+        """Zero sums ``(in-weights, out-weights, own parameters)``, each ``[N, features]``, with
+        ``like``'s dtype and device, for :meth:`pool`."""
+        zeros = like.new_zeros(context.num_nodes, features)
+        return zeros, zeros, zeros
+
+    @staticmethod
+    def pooled_means(sums: Sums, context: GraphContext) -> Tensor:
+        """``sums`` from :meth:`pool` -> the means ``[N, 3 F]`` :meth:`neuron_states` reads."""
+        stacked = torch.stack(sums)  # [3, N, F]
+        return (stacked / context.pool_sizes.T.unsqueeze(2)).permute(1, 0, 2).reshape(stacked.shape[1], -1)
 
 
 class GraphRuleBase(NeuronGraphBase):
@@ -467,13 +481,13 @@ class NeuralGraphRule(GraphRuleBase):
         n_feat = len(self.feature_names)
 
         # neurons pool the features of their in-weights, out-weights and own parameters
-        sums = self.node_in.weight.new_zeros(3, context.num_nodes, n_feat)
+        sums = self.empty_sums(context, self.node_in.weight, n_feat)
         scales = []  # per tensor, reused by the second pass
         for i, (p, g) in enumerate(zip(params, grads)):
             stats = F.tensor_stats(state, i)
             scales.append(F.compact_scales(p, g, stats))
             for rows, feats in F.compact_features(p, g, stats, self.chunk_size, inplace, scales[i]):
-                self.pool(sums, context, i, feats.to(dtype), rows)
+                sums = self.pool(sums, context, i, feats.to(dtype), rows)
         pooled = self.pooled_means(sums, context)
         tables = self.neuron_tables(context, pooled, time)
         corrections: dict[torch.dtype, tuple[Tensor, Tensor]] = {}

@@ -202,11 +202,11 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         context = self._check_context(params, context)
         new_state = D.update_stats(grads, state, self.betas, self.d0)
         dtype = self.node_in.weight.dtype
-        sums = self.node_in.weight.new_zeros(3, context.num_nodes, len(self.feature_names))
+        sums = self.empty_sums(context, self.node_in.weight, len(self.feature_names))
         for i, (p, g) in enumerate(zip(params, grads)):
             if p.numel():
-                self.pool(sums, context, i, D.features(p, g, new_state, i, state["d"], self.eps).to(dtype),
-                          slice(None))
+                sums = self.pool(sums, context, i, D.features(p, g, new_state, i, state["d"], self.eps).to(dtype),
+                                 slice(None))
         time = F.time_features(new_state["step"], self.node_in.weight)
         log_scales = self.log_scales(context, self.pooled_means(sums, context), time)
         factors = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import graph_build, head_cost, l2o_quality, recipe_spread, step_overhead, weight_space
+from benchmarks import graph_build, head_cost, l2o_quality, meta_throughput, recipe_spread, step_overhead, weight_space
 from benchmarks.__main__ import available
 from benchmarks.common import free_cores, machine_info
 
@@ -32,6 +32,13 @@ def test_head_cost_times_every_head_against_adam():
     rows = head_cost.main(["--quick", "--threads", "1"])
     assert [r["head"] for r in rows] == ["Adam step (whole)"] + [f"{h} x {a}" for a, h in head_cost.HEADS]
     assert all(r["s"] > 0 for r in rows) and "/ Adam's step" in head_cost.markdown(rows)
+
+
+def test_meta_throughput_times_both_paths(tmp_path):
+    rows = meta_throughput.main(["--quick", "--rules", "ff", "--out", str(tmp_path)])
+    assert [r["instances"] for r in rows] == [1, 8]
+    assert all(r["per_instance_steps_per_s"] > 0 and r["vectorized_steps_per_s"] > 0 for r in rows)
+    assert (tmp_path / "meta_throughput.md").read_text().count("| ff | forward |") == 2
 
 
 def test_l2o_quality_run_and_summary():
