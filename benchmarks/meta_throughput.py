@@ -6,7 +6,9 @@ rule, in two ways measured in the same process:
 
 * ``per-instance``: what ``TruncatedStep.unroll`` does for each slot: the loss and
   ``torch.autograd.grad``, then :func:`~l2o.functional.learned_step`, instance after instance;
-* ``vectorized``: :func:`l2o.meta.vectorized.vectorized_step`, one vmapped call for all ``N``.
+* ``vectorized``: :class:`l2o.meta.vectorized.VectorizedStep`, one vmapped call for all ``N``;
+  in ``forward`` mode also ``compiled`` (the same through ``torch.compile``; its compile time is
+  in the warm-up run, not in the figures).
 
 Each in two modes: ``forward`` (no meta-gradient: what ES and PES unroll) and ``tbptt`` (the
 unroll with the graph to the meta-parameters, then the backward pass of the mean training loss
@@ -33,26 +35,26 @@ from l2o.functional import learned_step
 from l2o.hub import load_rule
 from l2o.meta.tasks.image import MLPFamily
 from l2o.meta.truncated_step import _loss_and_grads
-from l2o.meta.vectorized import stack_instances, stack_states, vectorized_step
+from l2o.meta.vectorized import VectorizedStep, stack_instances, stack_states
 
 RULES = ("neural-graph-v5", "ff")
 MODES = ("forward", "tbptt")
 
 
-def _truncation(rule: Any, tasks: list, names: list[str], context: Any, vectorized: bool, tbptt: bool,
-                steps: int) -> None:
-    """``steps`` inner steps of every instance from their initial parameters (and the meta-backward under tbptt)."""
+def _truncation(rule: Any, tasks: list, names: list[str], context: Any, vectorized: VectorizedStep | None,
+                tbptt: bool, steps: int) -> None:
+    """``steps`` inner steps of every instance from their initial parameters, one by one or through
+    ``vectorized`` (and the meta-backward under tbptt)."""
     meta = {n: p.detach().requires_grad_() for n, p in rule.named_parameters()} if tbptt else None
     _, params = stack_instances(tasks)
     states = [rule.init_state([p[i] for p in params]) for i in range(len(tasks))]
     losses = []
     with torch.set_grad_enabled(tbptt):
-        if vectorized:
+        if vectorized is not None:
             state = stack_states(states)
             for step in range(steps):
                 batch = tuple(torch.stack(parts) for parts in zip(*[t.batch(step) for t in tasks]))
-                loss, params, state = vectorized_step(rule, tasks[0], names, params, state, batch, context,
-                                                      meta_params=meta)
+                loss, params, state = vectorized(params, state, batch, meta)
                 losses.append(loss.mean())  # step 0's loss precedes every update: no meta-gradient
         else:
             for i, task in enumerate(tasks):
@@ -63,30 +65,42 @@ def _truncation(rule: Any, tasks: list, names: list[str], context: Any, vectoriz
                     if step:
                         losses.append(loss / len(tasks))
     if tbptt:
-        torch.stack(losses[1:] if vectorized else losses).sum().backward()
+        torch.stack(losses[1:] if vectorized is not None else losses).sum().backward()
 
 
-def measure(rule_name: str, mode: str, instances: int, steps: int, repeats: int) -> dict[str, Any]:
+def measure(rule_name: str, mode: str, instances: int, steps: int, repeats: int, compiled: bool) -> dict[str, Any]:
     rule = load_rule(rule_name)
     family = MLPFamily(widths=(32,), depths=(1,), activations=("relu",))
     tasks = [family.sample(seed) for seed in range(instances)]
     names, params = stack_instances(tasks)
     context = rule.context_for([p[0] for p in params], tasks[0].model, None)
     row: dict[str, Any] = {"rule": rule_name, "mode": mode, "instances": instances, "steps": steps}
-    for path, vectorized in (("per_instance", False), ("vectorized", True)):
+    paths = {"per_instance": None, "vectorized": VectorizedStep(rule, tasks[0], names, context)}
+    if compiled and mode == "forward":  # TBPTT through the compiled step is untested
+        paths["compiled"] = VectorizedStep(rule, tasks[0], names, context, compile=True)
+    for path, vectorized in paths.items():
         seconds = median_time(partial(_truncation, rule, tasks, names, context, vectorized, mode == "tbptt", steps),
-                              repeats)
+                              repeats)  # the warm-up run compiles
         row[f"{path}_s"] = seconds
         row[f"{path}_steps_per_s"] = instances * steps / seconds
-    row["speedup"] = row["vectorized_steps_per_s"] / row["per_instance_steps_per_s"]
+    for path in paths:
+        row[f"{path}_speedup"] = row[f"{path}_steps_per_s"] / row["per_instance_steps_per_s"]
     return row
 
 
+def cell_text(row: dict[str, Any]) -> str:
+    return ", ".join(f"{path} {row[f'{path}_steps_per_s']:.0f} ({row[f'{path}_speedup']:.1f}x)"
+                     for path in ("vectorized", "compiled") if f"{path}_s" in row)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| rule | mode | instances | per-instance steps/s | vectorized steps/s | vectorized / per-instance |",
-             "|---|---|---:|---:|---:|---:|"]
+    def cell(r: dict[str, Any], path: str) -> str:
+        return f"{r[f'{path}_steps_per_s']:.0f} ({r[f'{path}_speedup']:.1f}x)" if f"{path}_s" in r else "-"
+
+    lines = ["| rule | mode | instances | per-instance steps/s | vectorized steps/s (x per-instance) "
+             "| vectorized + compiled |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['rule']} | {r['mode']} | {r['instances']} | {r['per_instance_steps_per_s']:.0f} | "
-              f"{r['vectorized_steps_per_s']:.0f} | {r['speedup']:.1f}x |" for r in rows]
+              f"{cell(r, 'vectorized')} | {cell(r, 'compiled')} |" for r in rows]
     return "\n".join(lines) + ("\n\nInner problem: MLP 64-32-10 (ReLU) on 8x8 digits, batch 32; inner steps per "
                                "second over a truncation of the steps shown, medians.")
 
@@ -100,20 +114,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=10, help="inner steps per truncation")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled vectorized path (forward mode)")
     parser.add_argument("--out", type=Path, default=Path("results/meta_throughput"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.instances, args.modes, args.steps, args.repeats = [1, 8], ["forward"], 3, 1
+        args.instances, args.modes, args.steps, args.repeats, args.no_compile = [1, 8], ["forward"], 3, 1, True
     torch.set_num_threads(args.threads)
     print(command_line())
     rows = []
     for rule_name in args.rules:
         for mode in args.modes:
             for n in args.instances:
-                row = measure(rule_name, mode, n, args.steps, args.repeats)
+                row = measure(rule_name, mode, n, args.steps, args.repeats, not args.no_compile)
                 rows.append(row)
                 print(f"{rule_name:16s} {mode:7s} N={n:4d}: per-instance {row['per_instance_steps_per_s']:8.0f}, "
-                      f"vectorized {row['vectorized_steps_per_s']:8.0f} steps/s ({row['speedup']:.1f}x)", flush=True)
+                      f"vectorized {cell_text(row)} steps/s", flush=True)
     write_results(args.out, "meta_throughput", {"threads": args.threads, "rows": rows}, markdown(rows))
     return rows
 

@@ -5,9 +5,10 @@ on 8x8 images in parallel). Run one by one, each inner step of each instance pay
 operator-dispatch overhead for a few kilobytes of arithmetic. Instances that share an
 architecture (same task name, same parameter names and shapes; they differ in initial values and
 data) can instead carry a leading instance axis: parameters ``[N, *shape]``, optimizer state
-likewise, batches ``[N, *batch]``. One vmapped call then computes every instance's loss, its
-gradients (``torch.func.grad_and_value``) and the learned update (:func:`~l2o.functional.learned_step`
-with one shared rule context), so the overhead is paid once per step for all ``N``.
+likewise, batches ``[N, *batch]``. One vmapped call (:class:`VectorizedStep`) then computes every
+instance's loss, its gradients (``torch.func.grad_and_value``) and the learned update
+(:func:`~l2o.functional.learned_step` with one shared rule context), so the overhead is paid once
+per step for all ``N``; compiled, the rule's small operations also fuse across instances.
 
 The per-instance path (``TruncatedStep.unroll``: ``torch.autograd.grad`` then ``learned_step``
 for one instance) stays the reference; ``tests/meta/test_vectorized.py`` checks that both give the
@@ -28,7 +29,7 @@ from l2o.functional import learned_step
 from l2o.meta.tasks.base import Batch, Task
 from l2o.rule import UpdateRule
 
-__all__ = ["stack_instances", "stack_states", "unstack", "vectorized_step"]
+__all__ = ["VectorizedStep", "stack_instances", "stack_states", "unstack"]
 
 
 def stack_instances(tasks: Sequence[Task]) -> tuple[list[str], list[Tensor]]:
@@ -63,43 +64,44 @@ def unstack(tree: Any, index: int) -> Any:
     return tree_map(lambda leaf: leaf[index], tree)
 
 
-def vectorized_step(
-    rule: UpdateRule,
-    task: Task,
-    names: list[str],
-    params: list[Tensor],
-    state: Any,
-    batch: Batch,
-    context: Any = None,
-    *,
-    meta_params: dict[str, Tensor] | None = None,
-    lr: float | Tensor = 1.0,
-    weight_decay: float | Tensor = 0.0,
-) -> tuple[Tensor, list[Tensor], Any]:
-    """One inner step of ``N`` instances of ``task``'s architecture.
+class VectorizedStep:
+    """One inner step of ``N`` instances of ``task``'s architecture; build once, call every step.
 
     Args:
         rule: the update rule; ``context`` is its context for this architecture (shared).
         task: any one of the instances (its ``loss`` is used for all; it must depend on the
             instance only through parameters and batch, as every task's loss does).
         names: parameter names (:func:`stack_instances`).
-        params: ``[N, *shape]`` per parameter.
-        state: the rule's optimizer state with a leading instance axis on every tensor
-            (:func:`stack_states`).
-        batch: each instance's batch, stacked: ``[N, *batch]`` per tensor.
-        meta_params: substitute meta-parameters (shared by the instances); gradients flow to them.
         lr: passed to :func:`~l2o.functional.learned_step`.
         weight_decay: passed to :func:`~l2o.functional.learned_step`.
-
-    Returns:
-        ``(losses [N], new_params, new_state)``: each instance's loss before the step, and its
-        parameters and state after it.
+        compile: run the vmapped step through ``torch.compile`` (inductor fuses the rule's many
+            small per-tensor operations across the instance axis; about a minute to compile on
+            this machine, then about twice the eager step's throughput at ``N = 128``). Calls
+            with and without ``meta_params`` compile separately.
     """
 
-    def one(p: list[Tensor], s: Any, b: Batch) -> tuple[Tensor, list[Tensor], Any]:
-        grads, loss = grad_and_value(lambda q: task.loss(dict(zip(names, q)), b))(p)
-        new_p, new_s = learned_step(rule, p, grads, s, context, meta_params=meta_params, lr=lr,
-                                    weight_decay=weight_decay)
-        return loss, new_p, new_s
+    def __init__(self, rule: UpdateRule, task: Task, names: list[str], context: Any = None, *,
+                 lr: float | Tensor = 1.0, weight_decay: float | Tensor = 0.0, compile: bool = False) -> None:
+        self.rule, self.task, self.names, self.context = rule, task, names, context
+        self.lr, self.weight_decay = lr, weight_decay
+        batched = vmap(self._one, in_dims=(0, 0, 0, None))
+        self._step = torch.compile(batched) if compile else batched
 
-    return vmap(one)(params, state, batch)
+    def _one(self, params: list[Tensor], state: Any, batch: Batch,
+             meta_params: dict[str, Tensor] | None) -> tuple[Tensor, list[Tensor], Any]:
+        grads, loss = grad_and_value(lambda q: self.task.loss(dict(zip(self.names, q)), batch))(params)
+        new_params, new_state = learned_step(self.rule, params, grads, state, self.context, meta_params=meta_params,
+                                             lr=self.lr, weight_decay=self.weight_decay)
+        return loss, new_params, new_state
+
+    def __call__(self, params: list[Tensor], state: Any, batch: Batch,
+                 meta_params: dict[str, Tensor] | None = None) -> tuple[Tensor, list[Tensor], Any]:
+        """Args: ``params`` ``[N, *shape]`` per parameter; ``state``, the rule's optimizer state with
+        a leading instance axis on every tensor (:func:`stack_states`); ``batch``, each instance's
+        batch stacked (``[N, *batch]`` per tensor); ``meta_params``, substitute meta-parameters
+        shared by the instances (gradients flow to them).
+
+        Returns ``(losses [N], new_params, new_state)``: each instance's loss before the step, and
+        its parameters and state after it.
+        """
+        return self._step(params, state, batch, meta_params)

@@ -9,7 +9,7 @@ from l2o.functional import learned_step
 from l2o.hub import load_rule
 from l2o.meta.tasks.image import MLPFamily
 from l2o.meta.truncated_step import _loss_and_grads
-from l2o.meta.vectorized import stack_instances, stack_states, unstack, vectorized_step
+from l2o.meta.vectorized import VectorizedStep, stack_instances, stack_states, unstack
 from tests.meta.rules import MomentumRule
 
 N, STEPS = 4, 3
@@ -24,17 +24,17 @@ def stacked_batch(tasks: list, step: int) -> tuple:
     return tuple(torch.stack(parts) for parts in zip(*[t.batch(step) for t in tasks]))
 
 
-def unroll(rule, tasks, meta_params=None) -> tuple[list, list, list]:
+def unroll(rule, tasks, meta_params=None, compile=False) -> tuple[list, list, list]:
     """Both paths over ``STEPS`` steps: (vectorized losses, params, state), (reference ...)."""
     names, params = stack_instances(tasks)
     context = rule.context_for([p[0] for p in params], tasks[0].model, None)
+    step_all = VectorizedStep(rule, tasks[0], names, context, compile=compile)
     states = [rule.init_state([p[i] for p in params]) for i in range(len(tasks))]
     fast = (None, params, stack_states(states))
     slow = [([p[i] for p in params], states[i]) for i in range(len(tasks))]
     fast_losses, slow_losses = [], []
     for step in range(STEPS):
-        losses, new_params, new_state = vectorized_step(rule, tasks[0], names, fast[1], fast[2],
-                                                        stacked_batch(tasks, step), context, meta_params=meta_params)
+        losses, new_params, new_state = step_all(fast[1], fast[2], stacked_batch(tasks, step), meta_params)
         fast = (losses, new_params, new_state)
         fast_losses.append(losses)
         row = []
@@ -46,11 +46,13 @@ def unroll(rule, tasks, meta_params=None) -> tuple[list, list, list]:
     return [torch.stack(fast_losses), fast[1], fast[2]], [torch.stack(slow_losses), slow], names
 
 
-@pytest.mark.parametrize("rule_name", ["neural-graph-v5", "ff", "momentum"])
-def test_vectorized_steps_match_the_per_instance_path(rule_name: str) -> None:
+@pytest.mark.parametrize(("rule_name", "compile"), [("neural-graph-v5", False), ("ff", False), ("momentum", False),
+                                                     ("ff", True)])
+def test_vectorized_steps_match_the_per_instance_path(rule_name: str, compile: bool) -> None:
     rule = MomentumRule() if rule_name == "momentum" else load_rule(rule_name)
     tasks = instances()
-    (losses, params, state), (ref_losses, ref), _ = unroll(rule, tasks)
+    with torch.no_grad():
+        (losses, params, state), (ref_losses, ref), _ = unroll(rule, tasks, compile=compile)
     torch.testing.assert_close(losses, ref_losses, rtol=1e-5, atol=1e-6)
     for i, (ref_params, ref_state) in enumerate(ref):
         for a, b in zip(unstack(params, i), ref_params):
