@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 row = measure(rule_name, mode, n, args.steps, args.repeats, not args.no_compile)
                 rows.append(row)
                 print(f"{rule_name:16s} {mode:7s} N={n:4d}: per-instance {row['per_instance_steps_per_s']:8.0f}, "
-                      f"vectorized {cell_text(row)} steps/s", flush=True)
+                      f"{cell_text(row)} steps/s", flush=True)
     write_results(args.out, "meta_throughput", {"threads": args.threads, "rows": rows}, markdown(rows))
     return rows
 
