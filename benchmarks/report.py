@@ -20,13 +20,16 @@ ORDER = ("step_overhead", "step_overhead_v4", "step_overhead_cuda", "head_cost",
          "l2o_quality_v3",
          "rule_validation", "rule_validation_stepsize", "rule_validation_centred",
          "rule_validation_long", "recipe_spread", "meta_throughput",
-         "graph_build", "encoders_throughput", "encoders_throughput_cuda", "zoo_throughput", "weight_space",
+         "graph_build", "encoders_throughput", "encoders_throughput_bf16", "encoders_throughput_cuda",
+         "zoo_throughput", "weight_space",
          "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
          "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_generalization")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "step_overhead_v4": "python -m benchmarks.step_overhead --rule neural-graph-v4 (the default before v5)",
     "encoders_throughput_cuda": "python -m benchmarks.encoders_throughput --device cuda",
+    "encoders_throughput_bf16": "python -m benchmarks.encoders_throughput --encoders NG-GNN 'NG-T dense' "
+                                "--paths sparse compiled compiled-bf16",
     "l2o_quality_v3": "python -m benchmarks.l2o_quality --rule neural-graph-v3 (4-task version, before 2026-12-03)",
     "rule_validation_stepsize": "python -m benchmarks.rule_validation --config "
                                 "l2o/meta/configs/stepsize_neural_graph.yaml",
