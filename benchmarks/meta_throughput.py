@@ -35,27 +35,26 @@ from l2o.functional import learned_step
 from l2o.hub import load_rule
 from l2o.meta.tasks.image import MLPFamily
 from l2o.meta.truncated_step import _loss_and_grads
-from l2o.meta.vectorized import VectorizedStep, stack_instances, stack_states
+from l2o.meta.vectorized import VectorizedStep, stack_batches, stack_instances, stack_states
 
 RULES = ("neural-graph-v5", "ff")
 MODES = ("forward", "tbptt")
 
 
-def _truncation(rule: Any, tasks: list, names: list[str], context: Any, vectorized: VectorizedStep | None,
-                tbptt: bool, steps: int) -> None:
-    """``steps`` inner steps of every instance from their initial parameters, one by one or through
-    ``vectorized`` (and the meta-backward under tbptt)."""
+def _truncation(rule: Any, tasks: list, names: list[str], params: list[torch.Tensor], context: Any,
+                vectorized: VectorizedStep | None, tbptt: bool, steps: int) -> None:
+    """``steps`` inner steps of every instance from their initial parameters ``params`` (stacked),
+    one by one or through ``vectorized`` (and the meta-backward under tbptt)."""
     meta = {n: p.detach().requires_grad_() for n, p in rule.named_parameters()} if tbptt else None
-    _, params = stack_instances(tasks)
     states = [rule.init_state([p[i] for p in params]) for i in range(len(tasks))]
-    losses = []
+    losses = []  # from step 1 on: step 0's loss precedes every update, so it has no meta-gradient
     with torch.set_grad_enabled(tbptt):
         if vectorized is not None:
             state = stack_states(states)
             for step in range(steps):
-                batch = tuple(torch.stack(parts) for parts in zip(*[t.batch(step) for t in tasks]))
-                loss, params, state = vectorized(params, state, batch, meta)
-                losses.append(loss.mean())  # step 0's loss precedes every update: no meta-gradient
+                loss, params, state = vectorized(params, state, stack_batches(tasks, step), meta)
+                if step:
+                    losses.append(loss.mean())
         else:
             for i, task in enumerate(tasks):
                 p, s = [x[i] for x in params], states[i]
@@ -65,7 +64,7 @@ def _truncation(rule: Any, tasks: list, names: list[str], context: Any, vectoriz
                     if step:
                         losses.append(loss / len(tasks))
     if tbptt:
-        torch.stack(losses[1:] if vectorized is not None else losses).sum().backward()
+        torch.stack(losses).sum().backward()
 
 
 def measure(rule_name: str, mode: str, instances: int, steps: int, repeats: int, compiled: bool) -> dict[str, Any]:
@@ -79,8 +78,8 @@ def measure(rule_name: str, mode: str, instances: int, steps: int, repeats: int,
     if compiled and mode == "forward":  # TBPTT through the compiled step is untested
         paths["compiled"] = VectorizedStep(rule, tasks[0], names, context, compile=True)
     for path, vectorized in paths.items():
-        seconds = median_time(partial(_truncation, rule, tasks, names, context, vectorized, mode == "tbptt", steps),
-                              repeats)  # the warm-up run compiles
+        run = partial(_truncation, rule, tasks, names, params, context, vectorized, mode == "tbptt", steps)
+        seconds = median_time(run, repeats)  # the warm-up run compiles
         row[f"{path}_s"] = seconds
         row[f"{path}_steps_per_s"] = instances * steps / seconds
     for path in paths:
@@ -88,15 +87,12 @@ def measure(rule_name: str, mode: str, instances: int, steps: int, repeats: int,
     return row
 
 
-def cell_text(row: dict[str, Any]) -> str:
-    return ", ".join(f"{path} {row[f'{path}_steps_per_s']:.0f} ({row[f'{path}_speedup']:.1f}x)"
-                     for path in ("vectorized", "compiled") if f"{path}_s" in row)
+def cell(row: dict[str, Any], path: str) -> str:
+    """``path``'s steps/s and its ratio to the per-instance path ("-" where it was not measured)."""
+    return f"{row[f'{path}_steps_per_s']:.0f} ({row[f'{path}_speedup']:.1f}x)" if f"{path}_s" in row else "-"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    def cell(r: dict[str, Any], path: str) -> str:
-        return f"{r[f'{path}_steps_per_s']:.0f} ({r[f'{path}_speedup']:.1f}x)" if f"{path}_s" in r else "-"
-
     lines = ["| rule | mode | instances | per-instance steps/s | vectorized steps/s (x per-instance) "
              "| vectorized + compiled |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['rule']} | {r['mode']} | {r['instances']} | {r['per_instance_steps_per_s']:.0f} | "
@@ -128,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 row = measure(rule_name, mode, n, args.steps, args.repeats, not args.no_compile)
                 rows.append(row)
                 print(f"{rule_name:16s} {mode:7s} N={n:4d}: per-instance {row['per_instance_steps_per_s']:8.0f}, "
-                      f"{cell_text(row)} steps/s", flush=True)
+                      f"vectorized {cell(row, 'vectorized')}, compiled {cell(row, 'compiled')} steps/s", flush=True)
     write_results(args.out, "meta_throughput", {"threads": args.threads, "rows": rows}, markdown(rows))
     return rows
 

@@ -24,7 +24,7 @@ from torch_geometric.data import Data
 from encoders.dense import DenseGraphs
 from encoders.embeddings import node_batch
 
-__all__ = ["ProbeFeatures", "add_probe_features", "layer_activations"]
+__all__ = ["ProbeFeatures", "add_probe_features", "layer_activations", "require_probe_inputs"]
 
 
 def layer_activations(net: nn.Sequential, params: Mapping[str, Tensor], inputs: Tensor) -> list[Tensor]:
@@ -107,9 +107,14 @@ def add_probe_features(x: Tensor, data: Data | DenseGraphs, probes: ProbeFeature
     lacks the probe inputs they need or passes inputs they would ignore.
     """
     if probes is not None:
-        if probe_net is None or probe_params is None:
-            raise ValueError("this encoder uses probe features (probes > 0): pass probe_net and probe_params")
+        require_probe_inputs(probe_net, probe_params)
         return x + probes(data, probe_net, probe_params)
     if probe_net is not None or probe_params is not None:
         raise ValueError("probe_net/probe_params were given but probe features are disabled (probes == 0)")
     return x
+
+
+def require_probe_inputs(probe_net: nn.Sequential | None, probe_params: Mapping[str, Tensor] | None) -> None:
+    """Refuse a call to a model with probe features that lacks the probed network or its parameters."""
+    if probe_net is None or probe_params is None:
+        raise ValueError("this model uses probe features (probes > 0): pass probe_net and probe_params")

@@ -292,7 +292,8 @@ class NeuronGraphBase(UpdateRule):
     @staticmethod
     def empty_sums(context: GraphContext, like: Tensor, features: int) -> Sums:
         """Zero sums ``(in-weights, out-weights, own parameters)``, each ``[N, features]``, with
-        ``like``'s dtype and device, for :meth:`pool`."""
+        ``like``'s dtype and device, for :meth:`pool` (one zero tensor shared three times: pool
+        never writes in place)."""
         zeros = like.new_zeros(context.num_nodes, features)
         return zeros, zeros, zeros
 

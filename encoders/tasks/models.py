@@ -34,7 +34,7 @@ from encoders.models import (
     NGTransformerConfig,
     degree_histograms,
 )
-from encoders.probes import ProbeFeatures, add_probe_features, layer_activations
+from encoders.probes import ProbeFeatures, add_probe_features, layer_activations, require_probe_inputs
 from encoders.readouts import GraphReadout, NodeEdgeHead, unbatch_features
 from encoders.tasks.data import WeightBatch
 from encoders.tasks.tasks import WeightTask
@@ -144,8 +144,7 @@ class FlatMLP(nn.Module):
                 probe_params: Mapping[str, Tensor] | None = None) -> Tensor:
         inputs = batch.flat
         if self.probes is not None:
-            if probe_net is None or probe_params is None:
-                raise ValueError("this model uses probe features (probes > 0): pass probe_net and probe_params")
+            require_probe_inputs(probe_net, probe_params)
             acts = layer_activations(probe_net, probe_params, self.probes)[1:]  # each [B, K, n_l]
             inputs = torch.cat([inputs, *(a.flatten(1) for a in acts)], dim=1)
         out = self.mlp(inputs)

@@ -29,7 +29,7 @@ from l2o.functional import learned_step
 from l2o.meta.tasks.base import Batch, Task
 from l2o.rule import UpdateRule
 
-__all__ = ["VectorizedStep", "stack_instances", "stack_states", "unstack"]
+__all__ = ["VectorizedStep", "stack_batches", "stack_instances", "stack_states", "unstack"]
 
 
 def stack_instances(tasks: Sequence[Task]) -> tuple[list[str], list[Tensor]]:
@@ -41,17 +41,22 @@ def stack_instances(tasks: Sequence[Task]) -> tuple[list[str], list[Tensor]]:
     if not tasks:
         raise ValueError("need at least one task instance")
     first = tasks[0].init_params()
+    expected = {n: tuple(p.shape) for n, p in first.items()}
     params = [first]
     for k, task in enumerate(tasks[1:], start=1):
         own = task.init_params()
         shapes = {n: tuple(p.shape) for n, p in own.items()}
-        expected = {n: tuple(p.shape) for n, p in first.items()}
         if task.name != tasks[0].name or shapes != expected:
             raise ValueError(f"instance {k} ({task.name}, parameters {shapes}) does not share the architecture of "
                              f"instance 0 ({tasks[0].name}, parameters {expected}); vectorize each architecture "
                              "separately")
         params.append(own)
     return list(first), [torch.stack([p[name] for p in params]) for name in first]
+
+
+def stack_batches(tasks: Sequence[Task], step: int, split: str = "train") -> Batch:
+    """Each instance's batch at inner iteration ``step``, stacked: ``[N, *batch]`` per tensor."""
+    return tuple(torch.stack(parts) for parts in zip(*[task.batch(step, split) for task in tasks]))
 
 
 def stack_states(states: Sequence[Any]) -> Any:

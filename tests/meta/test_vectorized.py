@@ -9,7 +9,7 @@ from l2o.functional import learned_step
 from l2o.hub import load_rule
 from l2o.meta.tasks.image import MLPFamily
 from l2o.meta.truncated_step import _loss_and_grads
-from l2o.meta.vectorized import VectorizedStep, stack_instances, stack_states, unstack
+from l2o.meta.vectorized import VectorizedStep, stack_batches, stack_instances, stack_states, unstack
 from tests.meta.rules import MomentumRule
 
 N, STEPS = 4, 3
@@ -18,10 +18,6 @@ N, STEPS = 4, 3
 def instances(n: int = N) -> list:
     family = MLPFamily(widths=(8,), depths=(1,), activations=("tanh",), image_size=4)
     return [family.sample(seed) for seed in range(n)]
-
-
-def stacked_batch(tasks: list, step: int) -> tuple:
-    return tuple(torch.stack(parts) for parts in zip(*[t.batch(step) for t in tasks]))
 
 
 def unroll(rule, tasks, meta_params=None, compile=False) -> tuple[list, list, list]:
@@ -34,7 +30,7 @@ def unroll(rule, tasks, meta_params=None, compile=False) -> tuple[list, list, li
     slow = [([p[i] for p in params], states[i]) for i in range(len(tasks))]
     fast_losses, slow_losses = [], []
     for step in range(STEPS):
-        losses, new_params, new_state = step_all(fast[1], fast[2], stacked_batch(tasks, step), meta_params)
+        losses, new_params, new_state = step_all(fast[1], fast[2], stack_batches(tasks, step), meta_params)
         fast = (losses, new_params, new_state)
         fast_losses.append(losses)
         row = []
