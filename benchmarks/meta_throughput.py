@@ -15,8 +15,23 @@ unroll with the graph to the meta-parameters, then the backward pass of the mean
 over the truncation). Reported: inner steps per second (``N * K`` over the median time of a
 truncation) and the ratio vectorized / per-instance. One thread unless ``--threads``.
 
+``--trainer`` measures what meta-training itself gains: :class:`~l2o.meta.MetaTrainer` steps of
+PES (Celo's estimator) over ``--slots`` task slots of that inner problem, truncations of
+``--unroll`` steps over episodes log-uniform in 100-2000 steps (slots at random offsets, so some
+truncations end early and run in smaller groups), with ``TruncatedStep`` per instance, vectorized
+and vectorized + compiled, meta-step after meta-step in one process. Reported: inner steps per
+second (two runs per slot) over the median meta-step.
+
     python -m benchmarks.meta_throughput                 # N = 1, 8, 32, 128; both rules, both modes
+    python -m benchmarks.meta_throughput --trainer --slots 8 32   # the meta-trainer, vectorize off / on
+    python -m benchmarks.meta_throughput --processes --slots 8   # l2o meta-train on 1 and on 2 processes
     python -m benchmarks.meta_throughput --quick         # N = 1, 8; forward only; seconds
+
+``--processes`` runs ``l2o meta-train`` (PES over ``--slots`` slots of the same inner problem, the
+``neural-graph-stepsize`` rule) once in one process and once through ``accelerate launch
+--num_processes 2`` (gloo on the CPU, one thread each), and reports meta-gradients per second (slots
+per median meta-step) of both and their ratio: what a second process buys. The two runs take turns
+on the machine, so they need it to themselves.
 
 Writes ``meta_throughput.json`` and ``.md`` to ``--out``.
 """
@@ -24,6 +39,12 @@ Writes ``meta_throughput.json`` and ``.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,8 +54,11 @@ import torch
 from benchmarks.common import command_line, median_time, write_results
 from l2o.functional import learned_step
 from l2o.hub import load_rule
+from l2o.meta import MetaTrainer
+from l2o.meta.estimators import PersistentES
 from l2o.meta.tasks.image import MLPFamily
-from l2o.meta.truncated_step import _loss_and_grads
+from l2o.meta.truncated_step import TruncatedStep, _loss_and_grads
+from l2o.meta.truncation import LogUniformSchedule
 from l2o.meta.vectorized import VectorizedStep, stack_batches, stack_instances, stack_states
 
 RULES = ("neural-graph-v5", "ff")
@@ -87,18 +111,86 @@ def measure(rule_name: str, mode: str, instances: int, steps: int, repeats: int,
     return row
 
 
+TRAINER_PATHS = {"per_instance": {}, "vectorized": {"vectorize": True},
+                 "compiled": {"vectorize": True, "compile": True}}
+
+
+def measure_trainer(rule_name: str, slots: int, unroll: int, meta_steps: int, compiled: bool) -> dict[str, Any]:
+    """Median seconds per PES meta-step over ``slots`` slots on each path, meta-step after meta-step."""
+    trainers = {}
+    for path, options in TRAINER_PATHS.items():
+        if path == "compiled" and not compiled:
+            continue
+        step = TruncatedStep(load_rule(rule_name), MLPFamily(widths=(32,), depths=(1,), activations=("relu",)),
+                             LogUniformSchedule(100, 2000), unroll_length=unroll, initial_offset=2000, **options)
+        trainers[path] = MetaTrainer(PersistentES(step), n_tasks=slots)
+    times: dict[str, list[float]] = {path: [] for path in trainers}
+    inner: dict[str, list[int]] = {path: [] for path in trainers}
+    for i in range(meta_steps + 1):  # the first meta-step warms up (task contexts, allocations, compiling)
+        for path, trainer in trainers.items():
+            start = time.perf_counter()
+            result = trainer.step(collect_curves=True)
+            if i:
+                times[path].append(time.perf_counter() - start)
+                inner[path].append(2 * sum(len(c["losses"]) for c in result.curves))  # two runs per slot
+    row: dict[str, Any] = {"rule": rule_name, "mode": "pes trainer", "instances": slots, "steps": unroll}
+    for path in trainers:
+        row[f"{path}_s"] = statistics.median(times[path])
+        row[f"{path}_steps_per_s"] = statistics.median(inner[path]) / row[f"{path}_s"]
+    for path in trainers:
+        row[f"{path}_speedup"] = row[f"{path}_steps_per_s"] / row["per_instance_steps_per_s"]
+    return row
+
+
+def measure_processes(slots: int, unroll: int, meta_steps: int, vectorize: bool) -> dict[str, Any]:
+    """Median seconds per meta-step of ``l2o meta-train`` on one process and on two (accelerate)."""
+    import yaml
+
+    from l2o.meta.metrics import read_metrics
+
+    config = {"rule": {"name": "neural-graph-stepsize"},
+              "tasks": [{"family": "mlp", "widths": [32], "depths": [1], "activations": ["relu"]}],
+              "estimator": {"name": "pes"}, "inner": {"vectorize": vectorize},
+              "truncation": {"schedule": "log_uniform", "min_length": 100, "max_length": 2000,
+                             "unroll_length": unroll, "initial_offset": 2000},
+              "n_tasks": slots, "steps": meta_steps + 1, "checkpoint_every": meta_steps + 1, "progress": False}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launchers = {1: [sys.executable],
+                 2: [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]}
+    row: dict[str, Any] = {"slots": slots, "unroll": unroll, "vectorize": vectorize}
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "config.yaml").write_text(yaml.safe_dump(config))
+        for processes, launcher in launchers.items():
+            run_dir = Path(work) / f"run{processes}"
+            subprocess.run([*launcher, "-m", "l2o", "meta-train", "--config", str(Path(work) / "config.yaml"),
+                            "--run-dir", str(run_dir)], env=env, check=True, stdout=subprocess.DEVNULL)
+            seconds = statistics.median(r["seconds"] for r in read_metrics(run_dir / "metrics.jsonl")[1:])
+            row[f"p{processes}_s"] = seconds
+            row[f"p{processes}_meta_grads_per_s"] = slots / seconds
+    row["speedup"] = row["p2_meta_grads_per_s"] / row["p1_meta_grads_per_s"]
+    return row
+
+
 def cell(row: dict[str, Any], path: str) -> str:
     """``path``'s steps/s and its ratio to the per-instance path ("-" where it was not measured)."""
     return f"{row[f'{path}_steps_per_s']:.0f} ({row[f'{path}_speedup']:.1f}x)" if f"{path}_s" in row else "-"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+PROBLEM = "Inner problem: MLP 64-32-10 (ReLU) on 8x8 digits, batch 32"
+STEP_NOTE = f"{PROBLEM}; inner steps per second over a truncation of the steps shown, medians."
+TRAINER_NOTE = (f"{PROBLEM}. Instances: PES task slots (two inner runs each); inner steps per second over the "
+                "median meta-step of ``MetaTrainer`` with ``TruncatedStep(vectorize=False)`` (per-instance), "
+                "``vectorize=True`` (vectorized) and ``vectorize=True, compile=True``, measured meta-step after "
+                "meta-step in one process (compiling happens in the warm-up meta-step, and again when an "
+                "episode end first leaves a group of a new size).")
+
+
+def markdown(rows: list[dict[str, Any]], note: str = STEP_NOTE) -> str:
     lines = ["| rule | mode | instances | per-instance steps/s | vectorized steps/s (x per-instance) "
              "| vectorized + compiled |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['rule']} | {r['mode']} | {r['instances']} | {r['per_instance_steps_per_s']:.0f} | "
               f"{cell(r, 'vectorized')} | {cell(r, 'compiled')} |" for r in rows]
-    return "\n".join(lines) + ("\n\nInner problem: MLP 64-32-10 (ReLU) on 8x8 digits, batch 32; inner steps per "
-                               "second over a truncation of the steps shown, medians.")
+    return "\n".join(lines) + "\n\n" + note
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -111,6 +203,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled vectorized path (forward mode)")
+    parser.add_argument("--trainer", action="store_true",
+                        help="measure PES meta-steps of the trainer (vectorize off / on) instead")
+    parser.add_argument("--processes", action="store_true",
+                        help="measure l2o meta-train on 1 and on 2 processes (accelerate) instead")
+    parser.add_argument("--vectorize", action="store_true", help="inner.vectorize in the --processes runs")
+    parser.add_argument("--slots", type=int, nargs="+", default=[8, 32], help="task slots (--trainer)")
+    parser.add_argument("--unroll", type=int, default=50, help="inner steps per truncation (--trainer)")
+    parser.add_argument("--meta-steps", type=int, default=5, help="timed meta-steps per path (--trainer)")
     parser.add_argument("--out", type=Path, default=Path("results/meta_throughput"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -118,6 +218,33 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     print(command_line())
     rows = []
+    if args.processes:
+        for slots in args.slots:
+            row = measure_processes(slots, args.unroll, args.meta_steps, args.vectorize)
+            rows.append(row)
+            print(f"PES, {slots} slots: 1 process {row['p1_meta_grads_per_s']:.2f}, 2 processes "
+                  f"{row['p2_meta_grads_per_s']:.2f} meta-gradients/s ({row['speedup']:.2f}x)", flush=True)
+        lines = ["| slots | inner steps per truncation | vectorize | 1 process | 2 processes | ratio |",
+                 "|---:|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['slots']} | {r['unroll']} | {r['vectorize']} | {r['p1_meta_grads_per_s']:.2f} | "
+                  f"{r['p2_meta_grads_per_s']:.2f} | {r['speedup']:.2f}x |" for r in rows]
+        note = (f"{PROBLEM}. Meta-gradients (slots) per second over the median meta-step of `l2o meta-train` (PES, "
+                "`neural-graph-stepsize`), one process against two through `accelerate launch` (gloo, one thread "
+                "each).")
+        write_results(args.out, "meta_throughput_processes", {"rows": rows}, "\n".join(lines) + "\n\n" + note)
+        return rows
+    if args.trainer:
+        for rule_name in args.rules:
+            for slots in args.slots:
+                row = measure_trainer(rule_name, slots, args.unroll, args.meta_steps, not args.no_compile)
+                rows.append(row)
+                print(f"{rule_name:16s} PES trainer, {slots:3d} slots: per-instance "
+                      f"{row['per_instance_steps_per_s']:6.0f}, vectorized {cell(row, 'vectorized')}, "
+                      f"compiled {cell(row, 'compiled')} inner steps/s", flush=True)
+        name = "meta_throughput_trainer"
+        write_results(args.out, name, {"threads": args.threads, "unroll": args.unroll, "rows": rows},
+                      markdown(rows, TRAINER_NOTE))
+        return rows
     for rule_name in args.rules:
         for mode in args.modes:
             for n in args.instances:

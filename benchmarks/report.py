@@ -19,11 +19,13 @@ RESULTS = Path(__file__).parent / "results"
 ORDER = ("step_overhead", "step_overhead_v4", "step_overhead_cuda", "head_cost", "fused_parity", "l2o_quality",
          "l2o_quality_v3",
          "rule_validation", "rule_validation_stepsize", "rule_validation_centred",
-         "rule_validation_long", "recipe_spread", "meta_throughput",
+         "rule_validation_long", "recipe_spread", "meta_throughput", "meta_throughput_trainer",
+         "meta_throughput_processes",
          "graph_build", "encoders_throughput", "encoders_throughput_bf16", "encoders_throughput_cuda",
          "zoo_throughput", "weight_space",
          "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
-         "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_generalization")
+         "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_generalization",
+         "weight_space_generalization_large")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "step_overhead_v4": "python -m benchmarks.step_overhead --rule neural-graph-v4 (the default before v5)",
@@ -42,6 +44,9 @@ VARIANTS = {
     "weight_space_views": "python -m benchmarks.weight_space --size classify-views",
     "weight_space_probes": "python -m benchmarks.weight_space --size classify-probes",
     "weight_space_generalization": "python -m benchmarks.weight_space --size generalization",
+    "weight_space_generalization_large": "python -m benchmarks.weight_space --size generalization-large",
+    "meta_throughput_trainer": "python -m benchmarks.meta_throughput --trainer",
+    "meta_throughput_processes": "python -m benchmarks.meta_throughput --processes",
 }
 """Sections written by another size or device of a benchmark, and the command that writes each."""
 

@@ -50,6 +50,8 @@ def build_estimator(config: MetaTrainConfig, rule: UpdateRule, device: torch.dev
         weight_decay=config.inner.weight_decay,
         initial_offset=config.truncation.initial_offset,
         divergence=config.inner.divergence,
+        vectorize=config.inner.vectorize,
+        compile=config.inner.compile,
         seed=derive_seed(config.seed, "inner"),
         device=device,
     )

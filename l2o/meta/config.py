@@ -103,14 +103,17 @@ class InnerConfig:
     """Inner training: ``lr`` and ``weight_decay`` of ``learned_step``; the meta-loss kind; whether
     truncated backprop differentiates through the inner gradients (``second_order``) or treats them
     as constants (first order, as Andrychowicz et al. 2016); ``divergence`` (``null``: off): cap
-    meta-loss terms at that many times the episode's first loss and end episodes that exceed it
-    (see :class:`~l2o.meta.truncated_step.TruncatedStep`)."""
+    meta-loss terms at that many times the episode's first loss and end episodes that exceed it;
+    ``vectorize``: ES and PES run the inner runs of slots that share an architecture as one vmapped
+    step, ``compile``: through ``torch.compile`` (see :class:`~l2o.meta.truncated_step.TruncatedStep`)."""
 
     lr: float = 1.0
     weight_decay: float = 0.0
     meta_loss: str = "train_mean"
     second_order: bool = True
     divergence: float | None = None
+    vectorize: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -189,6 +192,10 @@ class MetaTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.truncation.unroll_length < 1:
             raise ConfigError(f"truncation.unroll_length must be >= 1, got {self.truncation.unroll_length}")
+        if self.inner.vectorize and self.estimator.name == "tbptt":
+            raise ConfigError("inner.vectorize applies to the forward-only estimators (es, pes), not tbptt")
+        if self.inner.compile and not self.inner.vectorize:
+            raise ConfigError("inner.compile compiles the vectorized unrolls: set inner.vectorize too")
         return self
 
 

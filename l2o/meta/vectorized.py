@@ -35,21 +35,25 @@ __all__ = ["VectorizedStep", "stack_batches", "stack_instances", "stack_states",
 def stack_instances(tasks: Sequence[Task]) -> tuple[list[str], list[Tensor]]:
     """Parameter names and initial parameters ``[N, *shape]`` of ``N`` instances of one architecture.
 
-    Raises ``ValueError`` naming the first instance whose task name, parameter names or shapes
-    differ from the first's: such tasks cannot share one vmapped step.
+    Raises ``ValueError`` naming the first instance whose :attr:`~l2o.meta.tasks.base.Task.loss_id`,
+    parameter names or shapes differ from the first's, or when the tasks have no ``loss_id``: such
+    tasks cannot share one vmapped step.
     """
     if not tasks:
         raise ValueError("need at least one task instance")
+    if tasks[0].loss_id is None:
+        raise ValueError(f"{tasks[0].name} has no loss_id: its loss reads per-instance state besides the batch, so "
+                         "its instances cannot share one vmapped step")
     first = tasks[0].init_params()
     expected = {n: tuple(p.shape) for n, p in first.items()}
     params = [first]
     for k, task in enumerate(tasks[1:], start=1):
         own = task.init_params()
         shapes = {n: tuple(p.shape) for n, p in own.items()}
-        if task.name != tasks[0].name or shapes != expected:
-            raise ValueError(f"instance {k} ({task.name}, parameters {shapes}) does not share the architecture of "
-                             f"instance 0 ({tasks[0].name}, parameters {expected}); vectorize each architecture "
-                             "separately")
+        if task.loss_id != tasks[0].loss_id or shapes != expected:
+            raise ValueError(f"instance {k} ({task.loss_id}, parameters {shapes}) does not share the architecture "
+                             f"of instance 0 ({tasks[0].loss_id}, parameters {expected}); vectorize each "
+                             "architecture separately")
         params.append(own)
     return list(first), [torch.stack([p[name] for p in params]) for name in first]
 
@@ -60,7 +64,8 @@ def stack_batches(tasks: Sequence[Task], step: int, split: str = "train") -> Bat
 
 
 def stack_states(states: Sequence[Any]) -> Any:
-    """Per-instance optimizer states (pytrees of tensors) -> one state with a leading instance axis."""
+    """Per-instance pytrees of tensors (optimizer states, parameter lists, batches) -> one pytree
+    with a leading instance axis."""
     return tree_map(lambda *leaves: torch.stack(leaves), states[0], *states[1:])
 
 
@@ -83,14 +88,18 @@ class VectorizedStep:
             small per-tensor operations across the instance axis; about a minute to compile on
             this machine, then about twice the eager step's throughput at ``N = 128``). Calls
             with and without ``meta_params`` compile separately.
+        per_instance_meta: ``meta_params`` carry a leading instance axis too (ES and PES unroll
+            each instance under its own perturbed meta-parameters); otherwise all instances share them.
     """
 
     def __init__(self, rule: UpdateRule, task: Task, names: list[str], context: Any = None, *,
-                 lr: float | Tensor = 1.0, weight_decay: float | Tensor = 0.0, compile: bool = False) -> None:
+                 lr: float | Tensor = 1.0, weight_decay: float | Tensor = 0.0, compile: bool = False,
+                 per_instance_meta: bool = False) -> None:
         self.rule, self.task, self.names, self.context = rule, task, names, context
         self.lr, self.weight_decay = lr, weight_decay
-        batched = vmap(self._one, in_dims=(0, 0, 0, None))
+        batched = vmap(self._one, in_dims=(0, 0, 0, 0 if per_instance_meta else None))
         self._step = torch.compile(batched) if compile else batched
+        self._loss = vmap(lambda params, batch: self.task.loss(dict(zip(self.names, params)), batch))
 
     def _one(self, params: list[Tensor], state: Any, batch: Batch,
              meta_params: dict[str, Tensor] | None) -> tuple[Tensor, list[Tensor], Any]:
@@ -104,9 +113,14 @@ class VectorizedStep:
         """Args: ``params`` ``[N, *shape]`` per parameter; ``state``, the rule's optimizer state with
         a leading instance axis on every tensor (:func:`stack_states`); ``batch``, each instance's
         batch stacked (``[N, *batch]`` per tensor); ``meta_params``, substitute meta-parameters
-        shared by the instances (gradients flow to them).
+        shared by the instances, or one set per instance (``[N, *shape]`` each) with
+        ``per_instance_meta`` (gradients flow to them).
 
         Returns ``(losses [N], new_params, new_state)``: each instance's loss before the step, and
         its parameters and state after it.
         """
         return self._step(params, state, batch, meta_params)
+
+    def loss(self, params: list[Tensor], batch: Batch) -> Tensor:
+        """``[N]`` each instance's loss on its batch (stacked parameters and batches, as in :meth:`__call__`)."""
+        return self._loss(params, batch)

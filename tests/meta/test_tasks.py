@@ -66,9 +66,12 @@ def test_reparameterization_keeps_the_function_and_rescales_gradients():
     scales = task.scales
     assert len(set(scales.values())) == len(scales) and all(0.1 <= s <= 10 for s in scales.values())
     batch = plain.batch(0)
+    *data, scale_batch = task.batch(0)  # the wrapped task's batch, then the scales
+    assert all(torch.equal(a, b) for a, b in zip(data, batch, strict=True))
+    assert scale_batch.tolist() == pytest.approx(list(scales.values()))
     params = {k: v.requires_grad_() for k, v in task.init_params().items()}
     plain_params = {k: v.requires_grad_() for k, v in plain.init_params().items()}
-    loss, plain_loss = task.loss(params, batch), plain.loss(plain_params, batch)
+    loss, plain_loss = task.loss(params, task.batch(0)), plain.loss(plain_params, batch)
     assert torch.allclose(loss, plain_loss)
     grads = torch.autograd.grad(loss, list(params.values()))
     plain_grads = torch.autograd.grad(plain_loss, list(plain_params.values()))

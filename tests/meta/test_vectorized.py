@@ -7,8 +7,11 @@ import torch
 
 from l2o.functional import learned_step
 from l2o.hub import load_rule
+from l2o.meta.estimators import PersistentES, TruncatedES
+from l2o.meta.tasks import QuadraticFamily, ReparamFamily
 from l2o.meta.tasks.image import MLPFamily
-from l2o.meta.truncated_step import _loss_and_grads
+from l2o.meta.truncated_step import TruncatedStep, _loss_and_grads
+from l2o.meta.truncation import ConstantSchedule
 from l2o.meta.vectorized import VectorizedStep, stack_batches, stack_instances, stack_states, unstack
 from tests.meta.rules import MomentumRule
 
@@ -79,3 +82,103 @@ def test_instances_of_other_architectures_are_refused() -> None:
         stack_instances(tasks)
     with pytest.raises(ValueError, match="at least one"):
         stack_instances([])
+
+
+def truncated_step(vectorize: bool, meta_loss: str = "train_mean", family=None, rule=None,
+                   **options) -> TruncatedStep:
+    """Slots over two MLP architectures, episodes of 7 steps in truncations of 3 (the last one of 1)
+    and random starting offsets, so that groups of several lengths and architectures form."""
+    family = family or MLPFamily(widths=(8, 16), depths=(1,), activations=("tanh",), image_size=4)
+    options = {"initial_offset": 6, **options}
+    return TruncatedStep(rule or load_rule("neural-graph-v5"), family, ConstantSchedule(7), unroll_length=3,
+                         meta_loss=meta_loss, divergence=1e3, vectorize=vectorize, **options)
+
+
+def assert_same_unrolls(fast: list, slow: list) -> None:
+    for (state, out), (ref_state, ref_out) in zip(fast, slow, strict=True):
+        assert (state.slot, state.episode, state.step, out.start, out.task, out.done) == (
+            ref_state.slot, ref_state.episode, ref_state.step, ref_out.start, ref_out.task, ref_out.done)
+        assert state.initial_loss == pytest.approx(ref_state.initial_loss, rel=1e-6)
+        torch.testing.assert_close(out.meta_loss, ref_out.meta_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.train_losses, ref_out.train_losses, rtol=1e-5, atol=1e-6)
+        for a, b in zip(state.params, ref_state.params, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(state.opt_state, ref_state.opt_state, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("meta_loss", ["train_mean", "heldout_last"])
+def test_unroll_many_vectorized_matches_unrolling_each_run(meta_loss: str) -> None:
+    fast_step, slow_step = truncated_step(True, meta_loss), truncated_step(False, meta_loss)
+    rule = fast_step.rule
+    theta = {n: p.detach() for n, p in rule.named_parameters()}
+    noise = torch.Generator().manual_seed(0)
+    metas = [None] + [{n: p + 0.01 * torch.randn(p.shape, generator=noise) for n, p in theta.items()}
+                      for _ in range(7)]
+    states = [slow_step.init_state(slot) for slot in range(8)]
+    architectures = {slow_step.task(s.slot, 0).architecture for s in states}
+    lengths = {min(3, s.length - s.step) for s in states}
+    assert len(architectures) == 2 and len(lengths) > 1  # several groups, some of them shared
+    fast = fast_step.unroll_many(list(zip(states, metas)))
+    slow = [slow_step.unroll(state, meta) for state, meta in zip(states, metas)]
+    assert_same_unrolls(fast, slow)
+    assert not any(p._base is not None and p._base.shape[0] == 8 for s, _ in fast for p in s.params)
+
+
+def test_compiled_unrolls_pad_groups_and_match_unrolling_each_run() -> None:
+    """Three runs of one architecture go through the compiled step padded to four; the FF rule
+    compiles faster than v5 (about 30 s)."""
+    family = MLPFamily(widths=(8,), depths=(1,), activations=("tanh",), image_size=4)
+    fast_step = truncated_step(True, family=family, rule=load_rule("ff"), initial_offset=0, compile=True)
+    slow_step = truncated_step(False, family=family, rule=load_rule("ff"), initial_offset=0)
+    states = [slow_step.init_state(slot) for slot in range(3)]
+    for _ in range(3):  # 3 + 3 + 1 steps: the whole episode, one compile
+        fast = fast_step.unroll_many([(s, None) for s in states])
+        slow = [slow_step.unroll(s) for s in states]
+        assert_same_unrolls(fast, slow)
+        states = [s for s, _ in slow]
+    with pytest.raises(ValueError, match="set vectorize=True"):
+        truncated_step(False, compile=True)
+
+
+@pytest.mark.filterwarnings("ignore:could not trace the model")  # a quadratic is not a network
+def test_tasks_without_a_loss_id_run_one_by_one() -> None:
+    family = QuadraticFamily(dim=4)
+    fast_step, slow_step = truncated_step(True, family=family), truncated_step(False, family=family)
+    states = [slow_step.init_state(slot) for slot in range(3)]
+    assert {slow_step.task(s.slot, 0).architecture for s in states} == {None}
+    assert_same_unrolls(fast_step.unroll_many([(s, None) for s in states]),
+                        [slow_step.unroll(s) for s in states])
+
+
+@pytest.mark.parametrize("estimator_cls", [TruncatedES, PersistentES])
+def test_vectorized_estimates_match_the_per_slot_estimates(estimator_cls) -> None:
+    """Several meta-steps, across episode ends (PES restarts both runs and its accumulator there).
+
+    The momentum rule: the estimate divides the loss difference of the two runs by ``2 sigma^2``,
+    and over three steps of a tiny task the trained rules' losses move less with the meta-parameters
+    than float32 rounding moves them (``test_unroll_many_vectorized_matches_unrolling_each_run``
+    checks each run of a trained rule instead)."""
+    fast = estimator_cls(truncated_step(True, rule=MomentumRule()), seed=1, sigma=0.1)
+    slow = estimator_cls(truncated_step(False, rule=MomentumRule()), seed=1, sigma=0.1)
+    meta_params = dict(fast.truncated_step.rule.named_parameters())
+    fast_states = [fast.init_state(slot) for slot in range(6)]
+    slow_states = [slow.init_state(slot) for slot in range(6)]
+    for meta_step in range(5):
+        fast_estimate, fast_states = fast.estimate(meta_params, fast_states, meta_step)
+        slow_estimate, slow_states = slow.estimate(meta_params, slow_states, meta_step)
+        torch.testing.assert_close(fast_estimate.losses, slow_estimate.losses, rtol=1e-5, atol=1e-6)
+        scale = float(slow_estimate.grads.abs().max())
+        torch.testing.assert_close(fast_estimate.grads, slow_estimate.grads, rtol=1e-3, atol=1e-3 * scale)
+        for a, b in zip(fast_estimate.curves, slow_estimate.curves, strict=True):
+            assert (a["slot"], a["task"], a["start"]) == (b["slot"], b["task"], b["start"])
+            assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
+
+
+def test_reparameterized_instances_share_a_vmapped_step() -> None:
+    """Their scales travel in the batch, so instances with different scales vectorize together."""
+    family = ReparamFamily(MLPFamily(widths=(8,), depths=(1,), activations=("tanh",), image_size=4), (0.1, 10.0))
+    fast_step, slow_step = truncated_step(True, family=family), truncated_step(False, family=family)
+    states = [slow_step.init_state(slot) for slot in range(4)]
+    assert len({slow_step.task(s.slot, 0).architecture for s in states}) == 1
+    assert len({tuple(slow_step.task(s.slot, 0).task.scales.values()) for s in states}) == 4
+    assert_same_unrolls(fast_step.unroll_many([(s, None) for s in states]), [slow_step.unroll(s) for s in states])

@@ -1,5 +1,6 @@
 """Meta-gradient estimators: truncated backprop, antithetic ES and persistent ES."""
 
+from l2o.meta.estimators.antithetic import AntitheticEstimator
 from l2o.meta.estimators.base import Estimate, Estimator, flatten, meta_parameters, unflatten
 from l2o.meta.estimators.es import TruncatedES
 from l2o.meta.estimators.pes import PersistentES, PESState
@@ -9,6 +10,7 @@ ESTIMATORS: dict[str, type[Estimator]] = {"tbptt": TruncatedBPTT, "es": Truncate
 
 __all__ = [
     "ESTIMATORS",
+    "AntitheticEstimator",
     "Estimate",
     "Estimator",
     "PESState",

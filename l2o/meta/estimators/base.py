@@ -74,13 +74,19 @@ class Estimator(ABC):
     ) -> tuple[Tensor, Tensor, UnrollOutput, Any]:
         """One slot's estimate: ``(grad [P], meta_loss [], unroll output, new worker state)``."""
 
+    def estimate_slots(
+        self, meta_params: dict[str, Tensor], states: Sequence[Any], meta_step: int
+    ) -> list[tuple[Tensor, Tensor, UnrollOutput, Any]]:
+        """:meth:`estimate_slot` of every slot of ``states`` (one at a time here; estimators that can
+        unroll slots together override this)."""
+        return [self.estimate_slot(meta_params, state, meta_step) for state in states]
+
     def estimate(
         self, meta_params: dict[str, Tensor], states: Sequence[Any], meta_step: int
     ) -> tuple[Estimate, list[Any]]:
         """Estimates for every slot in ``states`` and their new worker states."""
         grads, losses, curves, new_states = [], [], [], []
-        for state in states:
-            grad, loss, out, new_state = self.estimate_slot(meta_params, state, meta_step)
+        for grad, loss, out, new_state in self.estimate_slots(meta_params, states, meta_step):
             grads.append(grad)
             losses.append(loss)
             curves.append({"slot": out.slot, "task": out.task, "start": out.start, "losses": out.train_losses.tolist()})

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2o.meta.estimators.base import Estimator, flatten, meta_parameters, unflatten
-from l2o.meta.truncated_step import InnerState, TruncatedStep, UnrollOutput
+from l2o.meta.estimators.antithetic import AntitheticEstimator, Result
+from l2o.meta.estimators.base import flatten, meta_parameters
+from l2o.meta.truncated_step import InnerState, UnrollOutput
 
 __all__ = ["PESState", "PersistentES"]
 
@@ -27,7 +28,7 @@ class PESState:
     accumulator: Tensor
 
 
-class PersistentES(Estimator):
+class PersistentES(AntitheticEstimator):
     """PES: antithetic ES whose positive and negative inner runs persist across truncations.
 
     Each truncation draws ``eps``, adds it to the accumulator ``xi``, unrolls the positive run with
@@ -40,10 +41,6 @@ class PersistentES(Estimator):
 
     name = "pes"
 
-    def __init__(self, truncated_step: TruncatedStep, seed: int = 0, sigma: float = 0.01) -> None:
-        super().__init__(truncated_step, seed)
-        self.sigma = sigma
-
     def init_state(self, slot: int) -> PESState:
         return self._fresh(self.truncated_step.init_state(slot))
 
@@ -51,18 +48,16 @@ class PersistentES(Estimator):
         theta = flatten(p.detach() for p in meta_parameters(self.truncated_step.rule).values())
         return PESState(inner, inner, torch.zeros_like(theta))
 
-    def estimate_slot(
-        self, meta_params: dict[str, Tensor], state: PESState, meta_step: int
-    ) -> tuple[Tensor, Tensor, UnrollOutput, PESState]:
-        theta = flatten(meta_params.values()).detach()
-        eps = self.noise(meta_step, state.pos.slot, theta, self.sigma)
+    def runs(self, state: PESState) -> tuple[InnerState, InnerState]:
+        return state.pos, state.neg
+
+    def combine(self, state: PESState, eps: Tensor, pos: Result,
+                neg: Result) -> tuple[Tensor, Tensor, UnrollOutput, PESState]:
+        (pos_state, pos_out), (neg_state, neg_out) = pos, neg
         accumulator = state.accumulator + eps
-        with torch.no_grad():
-            pos_state, pos = self.truncated_step.unroll(state.pos, unflatten(theta + eps, meta_params))
-            neg_state, neg = self.truncated_step.unroll(state.neg, unflatten(theta - eps, meta_params))
-        grad = accumulator * ((pos.meta_loss - neg.meta_loss) / (2 * self.sigma**2))
-        loss = (pos.meta_loss + neg.meta_loss) / 2
-        next_pos = self.advance(pos_state, pos, loss)
+        grad = accumulator * ((pos_out.meta_loss - neg_out.meta_loss) / (2 * self.sigma**2))
+        loss = (pos_out.meta_loss + neg_out.meta_loss) / 2
+        next_pos = self.advance(pos_state, pos_out, loss)
         if next_pos.episode != pos_state.episode:  # both runs and the accumulator start over
-            return grad, loss, pos, self._fresh(next_pos)
-        return grad, loss, pos, PESState(pos_state, neg_state, accumulator)
+            return grad, loss, pos_out, self._fresh(next_pos)
+        return grad, loss, pos_out, PESState(pos_state, neg_state, accumulator)

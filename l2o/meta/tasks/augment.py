@@ -18,6 +18,11 @@ class ReparamTask(Task):
     and its gradients ``s * dL/dw``, so parameter and gradient scales change per tensor while the
     function computed stays the same.
 
+    Batches are the wrapped task's batch followed by the scales ``[n_params]`` (in parameter order):
+    the loss reads them from the batch, so it stays a function of parameters and batch alone and
+    reparameterized instances of one architecture can share a vmapped step
+    (:attr:`~l2o.meta.tasks.base.Task.loss_id`).
+
     Args:
         task: the task to wrap.
         scales: one positive scale ``s`` per parameter name.
@@ -27,15 +32,19 @@ class ReparamTask(Task):
         super().__init__(task.model, task.seed)
         self.task, self.scales = task, scales
         self.name = f"{task.name}+reparam"
+        self.loss_id = None if task.loss_id is None else f"{task.loss_id}+reparam"
+        dtype = next(iter(task.model.parameters())).dtype
+        self._scales = torch.tensor([scales[name] for name, _ in task.model.named_parameters()], dtype=dtype)
 
     def init_params(self) -> dict[str, Tensor]:
         return {k: v / self.scales[k] for k, v in self.task.init_params().items()}
 
     def batch(self, step: int, split: str = "train") -> Batch:
-        return self.task.batch(step, split)
+        return (*self.task.batch(step, split), self._scales)
 
     def loss(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
-        return self.task.loss({k: v * self.scales[k] for k, v in params.items()}, batch)
+        *inner, scales = batch
+        return self.task.loss({k: v * s for (k, v), s in zip(params.items(), scales)}, tuple(inner))
 
 
 class ReparamFamily(TaskFamily):

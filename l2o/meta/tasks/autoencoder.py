@@ -33,6 +33,7 @@ class AutoencoderTask(Task):
     def __init__(self, model: nn.Module, data: ImageData, batch_size: int, seed: int, name: str) -> None:
         super().__init__(model, seed)
         self.data, self.batch_size, self.name = data, batch_size, name
+        self.loss_id = name  # the name spells out the architecture; the data arrive in the batch
 
     def batch(self, step: int, split: str = "train") -> Batch:
         images = self.data.train_images if split == "train" else self.data.test_images

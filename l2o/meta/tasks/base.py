@@ -44,6 +44,12 @@ class Task(ABC):
     """
 
     name: str = "task"
+    #: Names the loss as a function of ``(params, batch)`` alone: tasks with equal ``loss_id`` (and
+    #: parameter and batch shapes) compute the same loss from the same parameters and batch, so
+    #: :class:`~l2o.meta.vectorized.VectorizedStep` can run them as one vmapped call. ``None`` where the
+    #: loss also reads per-instance state (a quadratic's curvatures, reparameterization scales):
+    #: such tasks always run one by one.
+    loss_id: str | None = None
 
     def __init__(self, model: nn.Module, seed: int) -> None:
         self.model = model

@@ -37,16 +37,18 @@ class INRTask(Task):
     """Mean squared error of a coordinate network against one image's pixels.
 
     Batches are ``(coords [B, 2] in [-1, 1], intensities [B, C])``: ``batch_size`` random pixels
-    for training (all pixels when ``None``) and all pixels for ``"test"``.
+    for training (all pixels when ``None``) and all pixels for ``"test"``. ``loss_id``: see
+    :attr:`Task.loss_id` (``None``: never vectorized).
     """
 
-    def __init__(self, model: nn.Module, image: Tensor, batch_size: int | None, seed: int, name: str) -> None:
+    def __init__(self, model: nn.Module, image: Tensor, batch_size: int | None, seed: int, name: str,
+                 loss_id: str | None = None) -> None:
         super().__init__(model, seed)
         channels, height, width = image.shape
         grid = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
         self.coords = torch.stack(grid, dim=-1).reshape(-1, 2)
         self.pixels = image.permute(1, 2, 0).reshape(-1, channels)
-        self.batch_size, self.name = batch_size, name
+        self.batch_size, self.name, self.loss_id = batch_size, name, loss_id
 
     def batch(self, step: int, split: str = "train") -> Batch:
         if split != "train" or self.batch_size is None:
@@ -92,4 +94,6 @@ class INRFamily(TaskFamily):
         image = data.train_images[index]
         with seeded(seed):
             model = siren(2, width, depth, image.shape[0], self.w0)
-        return INRTask(model, image, self.batch_size, seed, f"inr[{self.dataset}#{index}]-{width}x{depth}")
+        # the loss reads the image only through the batch: every image shares one loss_id
+        return INRTask(model, image, self.batch_size, seed, f"inr[{self.dataset}#{index}]-{width}x{depth}",
+                       loss_id=f"inr[{self.dataset}]-{width}x{depth}-w0{self.w0}")

@@ -68,6 +68,7 @@ class RegressionTask(Task):
     def __init__(self, model: nn.Module, data: RegressionData, batch_size: int, seed: int, name: str) -> None:
         super().__init__(model, seed)
         self.data, self.batch_size, self.name = data, batch_size, name
+        self.loss_id = name  # the name spells out the architecture; the data arrive in the batch
 
     def batch(self, step: int, split: str = "train") -> Batch:
         inputs, targets = ((self.data.train_inputs, self.data.train_targets) if split == "train"

@@ -71,6 +71,7 @@ class MarkovChainTask(Task):
                              f"got {tuple(transitions.shape)}")
         self.transitions, self.order, self.seq_len, self.batch_size, self.name = (
             transitions, order, seq_len, batch_size, name)
+        self.loss_id = name  # the name spells out the architecture; the chain's tokens arrive in the batch
 
     def batch(self, step: int, split: str = "train") -> Batch:
         gen = self.generator(split, step)
