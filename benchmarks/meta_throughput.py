@@ -57,7 +57,7 @@ from l2o.hub import load_rule
 from l2o.meta import MetaTrainer
 from l2o.meta.estimators import PersistentES
 from l2o.meta.tasks.image import MLPFamily
-from l2o.meta.truncated_step import TruncatedStep, _loss_and_grads
+from l2o.meta.truncated_step import TruncatedStep, loss_and_grads
 from l2o.meta.truncation import LogUniformSchedule
 from l2o.meta.vectorized import VectorizedStep, stack_batches, stack_instances, stack_states
 
@@ -83,7 +83,7 @@ def _truncation(rule: Any, tasks: list, names: list[str], params: list[torch.Ten
             for i, task in enumerate(tasks):
                 p, s = [x[i] for x in params], states[i]
                 for step in range(steps):
-                    loss, grads = _loss_and_grads(task, names, p, task.batch(step), tbptt)
+                    loss, grads = loss_and_grads(task, names, p, task.batch(step), tbptt)
                     p, s = learned_step(rule, p, grads, s, context, meta_params=meta)
                     if step:
                         losses.append(loss / len(tasks))

@@ -101,6 +101,10 @@ SIZES["classify-views"] = {**SIZES["classify-ng"], "result": "weight_space_views
 # accuracy the probes' function values give without the graph
 SIZES["classify-probes"] = {**SIZES["classify-ng"], "result": "weight_space_probes",
                             "probe_encoders": ("deepsets", "mlp"), "probe_rows_only": True}
+# generalization on a zoo of 4x the architectures: with 96, the 10 test architectures (70 checkpoints)
+# give Kendall's tau a standard error of about 0.08, too wide to rank the encoders
+SIZES["generalization-large"] = {**SIZES["generalization"], "result": "weight_space_generalization_large",
+                                 "cnn_archs": 384}
 
 
 def balanced_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:

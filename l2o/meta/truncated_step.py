@@ -28,7 +28,7 @@ from l2o.meta.truncation import TruncationSchedule
 from l2o.meta.vectorized import VectorizedStep, stack_states, unstack
 from l2o.rule import UpdateRule
 
-__all__ = ["META_LOSSES", "InnerState", "TruncatedStep", "UnrollOutput"]
+__all__ = ["META_LOSSES", "InnerState", "TruncatedStep", "UnrollOutput", "loss_and_grads"]
 
 META_LOSSES = ("train_mean", "heldout_last")
 
@@ -85,10 +85,11 @@ class UnrollOutput:
     done: bool
 
 
-def _loss_and_grads(
+def loss_and_grads(
     task: Task, names: list[str], params: list[Tensor], batch: Batch, create_graph: bool
 ) -> tuple[Tensor, list[Tensor]]:
-    """Inner loss and its gradients w.r.t. ``params`` (kept on the graph when ``create_graph``)."""
+    """Inner loss and its gradients w.r.t. ``params`` (kept on the graph when ``create_graph``): one
+    instance's step of the reference path, which the vectorized path is tested and measured against."""
     with torch.enable_grad():
         params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
         loss = task.loss(dict(zip(names, params)), batch)
@@ -238,7 +239,7 @@ class TruncatedStep:
             train_losses, terms = [], []
             for i in range(steps):
                 batch = self._batch(task, state.step + i)
-                loss, grads = _loss_and_grads(task, names, params, batch, differentiable and self.second_order)
+                loss, grads = loss_and_grads(task, names, params, batch, differentiable and self.second_order)
                 if initial_loss is None:
                     initial_loss = float(loss.detach())
                 params, opt_state = learned_step(

@@ -10,7 +10,7 @@ from l2o.hub import load_rule
 from l2o.meta.estimators import PersistentES, TruncatedES
 from l2o.meta.tasks import QuadraticFamily, ReparamFamily
 from l2o.meta.tasks.image import MLPFamily
-from l2o.meta.truncated_step import TruncatedStep, _loss_and_grads
+from l2o.meta.truncated_step import TruncatedStep, loss_and_grads
 from l2o.meta.truncation import ConstantSchedule
 from l2o.meta.vectorized import VectorizedStep, stack_batches, stack_instances, stack_states, unstack
 from tests.meta.rules import MomentumRule
@@ -38,7 +38,7 @@ def unroll(rule, tasks, meta_params=None, compile=False) -> tuple[list, list, li
         fast_losses.append(losses)
         row = []
         for i, (p, s) in enumerate(slow):
-            loss, grads = _loss_and_grads(tasks[i], names, p, tasks[i].batch(step), meta_params is not None)
+            loss, grads = loss_and_grads(tasks[i], names, p, tasks[i].batch(step), meta_params is not None)
             slow[i] = learned_step(rule, p, grads, s, context, meta_params=meta_params)
             row.append(loss)
         slow_losses.append(torch.stack(row))
