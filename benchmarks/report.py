@@ -24,7 +24,7 @@ ORDER = ("step_overhead", "step_overhead_v4", "step_overhead_cuda", "head_cost",
          "graph_build", "encoders_throughput", "encoders_throughput_bf16", "encoders_throughput_cuda",
          "zoo_throughput", "weight_space",
          "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
-         "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_generalization",
+         "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_bf16", "weight_space_generalization",
          "weight_space_generalization_large")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
@@ -43,6 +43,7 @@ VARIANTS = {
     "weight_space_ablation": "l2o fit inr-classify (see the command in benchmarks/results/weight_space_ablation)",
     "weight_space_views": "python -m benchmarks.weight_space --size classify-views",
     "weight_space_probes": "python -m benchmarks.weight_space --size classify-probes",
+    "weight_space_bf16": "l2o fit inr-classify --bf16 (see the command in benchmarks/results/weight_space_bf16)",
     "weight_space_generalization": "python -m benchmarks.weight_space --size generalization",
     "weight_space_generalization_large": "python -m benchmarks.weight_space --size generalization-large",
     "meta_throughput_trainer": "python -m benchmarks.meta_throughput --trainer",
