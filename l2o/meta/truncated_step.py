@@ -352,9 +352,10 @@ class TruncatedStep:
         results = []
         for k, state in enumerate(states):
             diverged = self.divergence is not None and not bool((seen[k] <= self.divergence * abs(initial[k])).all())
+            # clones: a view of run k would keep, and a checkpoint would save, the whole stacked tensor
             new_state = replace(state, step=state.step + steps, initial_loss=initial[k],
-                                params=[p.clone() for p in unstack(params, k)],  # own storage: no checkpoint
-                                opt_state=tree_map(torch.clone, unstack(opt_state, k)))  # holds all N
+                                params=[p.clone() for p in unstack(params, k)],
+                                opt_state=tree_map(torch.clone, unstack(opt_state, k)))
             results.append((new_state, UnrollOutput(
                 slot=state.slot, meta_loss=meta_losses[k], train_losses=train_losses_t[k].clone(), start=state.step,
                 task=entries[k].task.name, done=new_state.step >= state.length or diverged)))
