@@ -24,8 +24,8 @@ ORDER = ("step_overhead", "step_overhead_v4", "step_overhead_cuda", "head_cost",
          "graph_build", "encoders_throughput", "encoders_throughput_bf16", "encoders_throughput_cuda",
          "zoo_throughput", "weight_space",
          "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
-         "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_bf16", "weight_space_generalization",
-         "weight_space_generalization_large")
+         "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_bf16",
+         "weight_space_generalization", "weight_space_generalization_large")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "step_overhead_v4": "python -m benchmarks.step_overhead --rule neural-graph-v4 (the default before v5)",

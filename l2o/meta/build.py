@@ -51,6 +51,7 @@ def build_estimator(config: MetaTrainConfig, rule: UpdateRule, device: torch.dev
         initial_offset=config.truncation.initial_offset,
         divergence=config.inner.divergence,
         vectorize=config.inner.vectorize,
+        instances_per_task=config.instances_per_task,
         compile=config.inner.compile,
         seed=derive_seed(config.seed, "inner"),
         device=device,

@@ -133,6 +133,9 @@ class MetaTrainConfig:
 
     Attributes:
         n_tasks: task slots per meta-step over all processes.
+        instances_per_task: slots come in blocks of this many that train instances of one task
+            draw in step (one architecture, their own weights and data), so that ``inner.vectorize``
+            finds groups; see :class:`~l2o.meta.truncated_step.TruncatedStep`.
         steps: meta-steps of the run.
         checkpoint_every: write a checkpoint at least this often (in meta-steps).
         log_inner_every: log the inner loss curves of every slot this often.
@@ -152,6 +155,7 @@ class MetaTrainConfig:
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
     n_tasks: int = 8
+    instances_per_task: int = 1
     steps: int = 100
     seed: int = 0
     checkpoint_every: int = 10
@@ -187,7 +191,8 @@ class MetaTrainConfig:
                 raise ConfigError(f"tasks[{i}].weight must be positive, got {task.weight}")
         if check_rule:
             _check_options(f"rule ({self.rule.name})", resolve_rule_class(self.rule.name), self.rule.options)
-        for name in ("n_tasks", "steps", "checkpoint_every", "log_inner_every", "max_consecutive_failures", "members"):
+        for name in ("n_tasks", "instances_per_task", "steps", "checkpoint_every", "log_inner_every",
+                     "max_consecutive_failures", "members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.truncation.unroll_length < 1:

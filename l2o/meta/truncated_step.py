@@ -140,6 +140,13 @@ class TruncatedStep:
             :attr:`~l2o.meta.tasks.base.Task.loss_id`, parameter and batch shapes and truncation
             length as one vmapped step (the same results up to float rounding; several times the
             inner steps per second when many slots share an architecture).
+        instances_per_task: slots come in consecutive blocks of this many; the slots of a block
+            train instances of one task draw (:meth:`TaskFamily.sample` with the block's seed and
+            their own ``instance``: one architecture, their own initial weights and data) over
+            episodes of the same length from the same starting offset, so they stay in step and
+            vectorize together (as Celo's parallel instances of each task do). A slot whose
+            episode ends early (divergence) falls out of step with its block for the rest of
+            the run. ``1``: every slot draws its own task.
         compile: with ``vectorize``, run the vmapped steps through ``torch.compile``. Each group
             is padded (with copies of its first run, whose results are dropped) to the next power
             of two, so an architecture compiles once per group size 2, 4, 8, ... (30-70 s each on
@@ -162,6 +169,7 @@ class TruncatedStep:
         seed: int = 0,
         device: torch.device | str = "cpu",
         vectorize: bool = False,
+        instances_per_task: int = 1,
         compile: bool = False,
     ) -> None:
         if divergence is not None and not divergence > 1:
@@ -170,13 +178,16 @@ class TruncatedStep:
             raise ValueError(f"unknown meta_loss {meta_loss!r}; choose one of {list(META_LOSSES)}")
         if unroll_length < 1:
             raise ValueError(f"unroll_length must be >= 1, got {unroll_length}")
+        if instances_per_task < 1:
+            raise ValueError(f"instances_per_task must be >= 1, got {instances_per_task}")
+        if compile and not vectorize:
+            raise ValueError("compile applies to the vectorized unrolls: set vectorize=True too")
         self.rule, self.family, self.schedule = rule, family, schedule
         self.unroll_length, self.meta_loss, self.second_order = unroll_length, meta_loss, second_order
         self.lr, self.weight_decay = lr, weight_decay
         self.initial_offset, self.divergence, self.seed = initial_offset, divergence, seed
-        if compile and not vectorize:
-            raise ValueError("compile applies to the vectorized unrolls: set vectorize=True too")
         self.device, self.vectorize, self.compile = torch.device(device), vectorize, compile
+        self.instances_per_task = instances_per_task
         self._tasks: dict[tuple[int, int], _TaskEntry] = {}
         self._vectorized: dict[Hashable, VectorizedStep] = {}
 
@@ -186,7 +197,9 @@ class TruncatedStep:
         if key not in self._tasks:
             for stale in [k for k in self._tasks if k[0] == slot]:
                 del self._tasks[stale]
-            task = self.family.sample(derive_seed(self.seed, "task", slot, episode))
+            block = slot // self.instances_per_task  # equal to slot when every slot draws its own task
+            task = self.family.sample(derive_seed(self.seed, "task", block, episode),
+                                      derive_seed(self.seed, "task", slot, episode))
             task.model.to(self.device)
             params = task.init_params()
             context = self.rule.context_for(list(params.values()), task.model, task.example_inputs())
@@ -201,10 +214,11 @@ class TruncatedStep:
         """A fresh inner run for ``slot``: new task, initial parameters and optimizer state."""
         entry = self.task(slot, episode)
         params = list(entry.task.init_params().values())
-        length = self.schedule.sample(derive_seed(self.seed, "length", slot, episode))
+        block = slot // self.instances_per_task
+        length = self.schedule.sample(derive_seed(self.seed, "length", block, episode))
         step = 0
         if episode == 0 and self.initial_offset > 0:
-            step = random.Random(derive_seed(self.seed, "offset", slot)).randint(
+            step = random.Random(derive_seed(self.seed, "offset", block)).randint(
                 0, min(self.initial_offset, length - 1)
             )
         return InnerState(slot, episode, step, length, params, self.rule.init_state(params))

@@ -8,10 +8,11 @@ import torch
 from l2o.functional import learned_step
 from l2o.hub import load_rule
 from l2o.meta.estimators import PersistentES, TruncatedES
+from l2o.meta.seeding import derive_seed
 from l2o.meta.tasks import QuadraticFamily, ReparamFamily
 from l2o.meta.tasks.image import MLPFamily
 from l2o.meta.truncated_step import TruncatedStep, loss_and_grads
-from l2o.meta.truncation import ConstantSchedule
+from l2o.meta.truncation import ConstantSchedule, LogUniformSchedule
 from l2o.meta.vectorized import VectorizedStep, stack_batches, stack_instances, stack_states, unstack
 from tests.meta.rules import MomentumRule
 
@@ -182,3 +183,27 @@ def test_reparameterized_instances_share_a_vmapped_step() -> None:
     assert len({slow_step.task(s.slot, 0).architecture for s in states}) == 1
     assert len({tuple(slow_step.task(s.slot, 0).task.scales.values()) for s in states}) == 4
     assert_same_unrolls(fast_step.unroll_many([(s, None) for s in states]), [slow_step.unroll(s) for s in states])
+
+
+def test_slots_of_a_block_train_instances_of_one_task_in_step() -> None:
+    family = MLPFamily(widths=(8, 16, 32), depths=(1, 2), activations=("tanh", "relu"), image_size=4)
+    shared = TruncatedStep(load_rule("ff"), family, LogUniformSchedule(5, 50), unroll_length=3, initial_offset=40,
+                           instances_per_task=4)
+    alone = TruncatedStep(load_rule("ff"), family, LogUniformSchedule(5, 50), unroll_length=3, initial_offset=40)
+    for block in range(2):
+        states = [shared.init_state(slot) for slot in range(4 * block, 4 * block + 4)]
+        entries = [shared.task(s.slot, 0) for s in states]
+        assert len({e.architecture for e in entries}) == 1  # one task draw per block
+        assert len({(s.length, s.step) for s in states}) == 1  # in step
+        assert len({float(s.params[0].sum()) for s in states}) == 4  # their own weights ...
+        assert len({float(e.task.batch(0)[0].sum()) for e in entries}) == 4  # ... and data
+    # blocks of one: every slot draws its own task, the same draw as family.sample(seed)
+    assert len({alone.task(slot, 0).architecture for slot in range(8)}) > 1
+    for slot in range(3):
+        own = family.sample(derive_seed(alone.seed, "task", slot, 0))
+        drawn = alone.task(slot, 0).task
+        assert (drawn.name, drawn.seed) == (own.name, own.seed)
+        for a, b in zip(drawn.init_params().values(), own.init_params().values(), strict=True):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="instances_per_task must be >= 1"):
+        TruncatedStep(load_rule("ff"), family, LogUniformSchedule(5, 50), unroll_length=3, instances_per_task=0)

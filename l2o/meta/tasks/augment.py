@@ -57,9 +57,11 @@ class ReparamFamily(TaskFamily):
         self.family, self.scale_range = family, (low, high)
         self.name = f"{family.name}+reparam"
 
-    def sample(self, seed: int) -> ReparamTask:
-        task = self.family.sample(seed)
+    def sample(self, seed: int, instance: int | None = None) -> ReparamTask:
+        task = self.family.sample(seed, instance)
         names = [name for name, _ in task.model.named_parameters()]
         low, high = (math.log(v) for v in self.scale_range)
-        u = torch.rand(len(names), generator=generator(seed, "reparam"), dtype=torch.float64)
+        # per instance: the scales travel in the batch, so instances with their own scales still vectorize
+        scale_seed = seed if instance is None else instance
+        u = torch.rand(len(names), generator=generator(scale_seed, "reparam"), dtype=torch.float64)
         return ReparamTask(task, {name: math.exp(low + (high - low) * float(x)) for name, x in zip(names, u)})

@@ -80,17 +80,18 @@ class AutoencoderFamily(TaskFamily):
         self.widths, self.depths, self.bottlenecks = tuple(widths), tuple(depths), tuple(bottlenecks)
         self.activations, self.output, self.batch_size = tuple(activations), output, batch_size
 
-    def sample(self, seed: int) -> AutoencoderTask:
+    def sample(self, seed: int, instance: int | None = None) -> AutoencoderTask:
+        instance = seed if instance is None else instance
         data = load_image_data(self.dataset, self.image_size, self.max_examples)
         rng = random.Random(derive_seed(seed, self.name))
         widths = [rng.choice(self.widths) for _ in range(rng.choice(self.depths))]
         bottleneck, activation = rng.choice(self.bottlenecks), rng.choice(self.activations)
         size = data.train_images[0].numel()
         sizes = [size, *widths, bottleneck, *reversed(widths), size]
-        with seeded(seed):
+        with seeded(instance):
             model = _mlp(sizes, ACTIVATIONS[activation], self.output)
         name = f"{self.name}[{self.dataset}]-{'-'.join(map(str, sizes))}-{activation}-{self.output}"
-        return AutoencoderTask(model, data, self.batch_size, seed, name)
+        return AutoencoderTask(model, data, self.batch_size, instance, name)
 
 
 def _mlp(sizes: list[int], activation: type[nn.Module], output: str) -> nn.Sequential:

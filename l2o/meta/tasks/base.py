@@ -88,8 +88,15 @@ class TaskFamily(ABC):
     name: str = "family"
 
     @abstractmethod
-    def sample(self, seed: int) -> Task:
-        """Draw the task identified by ``seed`` (the same seed always gives the same task)."""
+    def sample(self, seed: int, instance: int | None = None) -> Task:
+        """Draw the task identified by ``seed`` (the same seeds always give the same task).
+
+        ``seed`` picks the architecture and settings; ``instance`` (default: ``seed``) seeds what
+        differs between instances of one task: the initial weights and the data stream. So
+        ``sample(s, i)`` for several ``i`` gives instances that share a
+        :attr:`~Task.loss_id` and can run as one vmapped step (families whose loss has no
+        ``loss_id`` may ignore ``instance``).
+        """
 
 
 class MixtureFamily(TaskFamily):
@@ -105,7 +112,7 @@ class MixtureFamily(TaskFamily):
         if len(self.weights) != len(self.families) or min(self.weights) <= 0:
             raise ValueError(f"need one positive weight per family, got {self.weights}")
 
-    def sample(self, seed: int) -> Task:
+    def sample(self, seed: int, instance: int | None = None) -> Task:
         rng = random.Random(derive_seed(seed, "family"))
         family = rng.choices(self.families, weights=self.weights)[0]
-        return family.sample(seed)
+        return family.sample(seed, instance)

@@ -86,14 +86,15 @@ class _ImageFamily(TaskFamily):
         self.image_size, self.max_examples = image_size, max_examples
         self.activations, self.norms = tuple(activations), tuple(norms)
 
-    def sample(self, seed: int) -> ImageClassificationTask:
+    def sample(self, seed: int, instance: int | None = None) -> ImageClassificationTask:
+        instance = seed if instance is None else instance
         data = load_image_data(self.dataset, self.image_size, self.max_examples)
         rng = random.Random(derive_seed(seed, self.name))
         activation, norm = rng.choice(self.activations), rng.choice(self.norms)
-        with seeded(seed):
+        with seeded(instance):  # the architecture comes from rng alone, the weights from instance
             model, shape = self.build(rng, data, ACTIVATIONS[activation], norm)
         name = f"{self.name}[{self.dataset}]-{shape}-{activation}-{norm}"
-        return ImageClassificationTask(model, data, self.batch_size, seed, name)
+        return ImageClassificationTask(model, data, self.batch_size, instance, name)
 
     @abstractmethod
     def build(

@@ -86,14 +86,18 @@ class INRFamily(TaskFamily):
         self.dataset, self.hidden, self.depths = dataset, tuple(hidden), tuple(depths)
         self.w0, self.batch_size, self.image_size = w0, batch_size, image_size
 
-    def sample(self, seed: int) -> INRTask:
+    def sample(self, seed: int, instance: int | None = None) -> INRTask:
         data = load_image_data(self.dataset, self.image_size)
         rng = random.Random(derive_seed(seed, self.name))
         index = rng.randrange(len(data.train_images))
         width, depth = rng.choice(self.hidden), rng.choice(self.depths)
+        if instance is None:
+            instance = seed
+        else:  # the image is data: each instance fits its own
+            index = random.Random(derive_seed(instance, "image")).randrange(len(data.train_images))
         image = data.train_images[index]
-        with seeded(seed):
+        with seeded(instance):
             model = siren(2, width, depth, image.shape[0], self.w0)
         # the loss reads the image only through the batch: every image shares one loss_id
-        return INRTask(model, image, self.batch_size, seed, f"inr[{self.dataset}#{index}]-{width}x{depth}",
+        return INRTask(model, image, self.batch_size, instance, f"inr[{self.dataset}#{index}]-{width}x{depth}",
                        loss_id=f"inr[{self.dataset}]-{width}x{depth}-w0{self.w0}")

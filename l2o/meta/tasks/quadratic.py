@@ -76,7 +76,9 @@ class QuadraticFamily(TaskFamily):
         self.noise_std = noise_std
         self.dtype = getattr(torch, dtype)
 
-    def sample(self, seed: int) -> QuadraticTask:
+    def sample(self, seed: int, instance: int | None = None) -> QuadraticTask:
+        """``instance`` is ignored: a quadratic's loss reads its own curvatures, so its instances never
+        share a vmapped step."""
         gen = generator(seed, "quadratic")
         low, high = (math.log(v) for v in self.curvature_range)
         curvatures = torch.exp(low + (high - low) * torch.rand(self.dim, generator=gen, dtype=torch.float64))

@@ -117,17 +117,18 @@ class RegressionFamily(TaskFamily):
         self.teacher = (teacher_width, teacher_depth, teacher_gain, noise, train_size, test_size, data_seed)
         self.batch_size = batch_size
 
-    def sample(self, seed: int) -> RegressionTask:
+    def sample(self, seed: int, instance: int | None = None) -> RegressionTask:
+        instance = seed if instance is None else instance
         data = teacher_data(self.inputs, *self.teacher)
         rng = random.Random(derive_seed(seed, self.name))
         widths = [rng.choice(self.widths) for _ in range(rng.choice(self.depths))]
         activation = rng.choice(self.activations)
         layers: list[nn.Module] = []
         fan_in = self.inputs
-        with seeded(seed):
+        with seeded(instance):
             for width in widths:
                 layers += [nn.Linear(fan_in, width), ACTIVATIONS[activation]()]
                 fan_in = width
             model = nn.Sequential(*layers, nn.Linear(fan_in, 1))
         name = f"{self.name}[teacher{self.teacher[-1]}]-{self.inputs}-{'x'.join(map(str, widths))}-{activation}"
-        return RegressionTask(model, data, self.batch_size, seed, name)
+        return RegressionTask(model, data, self.batch_size, instance, name)

@@ -129,14 +129,15 @@ class TransformerFamily(TaskFamily):
         self.seq_len, self.batch_size, self.temperature = seq_len, batch_size, temperature
         self.orders = tuple(orders)
 
-    def sample(self, seed: int) -> MarkovChainTask:
+    def sample(self, seed: int, instance: int | None = None) -> MarkovChainTask:
+        instance = seed if instance is None else instance
         rng = random.Random(derive_seed(seed, self.name))
         vocab, d_model = rng.choice(self.vocab_sizes), rng.choice(self.d_models)
         heads = rng.choice([h for h in self.heads if d_model % h == 0] or [1])
         depth, ff_mult, activation = rng.choice(self.depths), rng.choice(self.ff_mults), rng.choice(self.activations)
         order = rng.choice(self.orders)
         logits = self.temperature * torch.randn(vocab**order, vocab, generator=generator(seed, "chain"))
-        with seeded(seed):
+        with seeded(instance):  # one chain per task; each instance its own weights and token stream
             model = TinyTransformer(vocab, d_model, heads, depth, ff_mult, self.seq_len, activation)
         name = f"transformer-v{vocab}-d{d_model}h{heads}x{depth}-{activation}" + (f"-order{order}" if order > 1 else "")
-        return MarkovChainTask(model, logits.softmax(-1), self.seq_len, self.batch_size, seed, name)
+        return MarkovChainTask(model, logits.softmax(-1), self.seq_len, self.batch_size, instance, name)
