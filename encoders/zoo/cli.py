@@ -70,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     cnn.add_argument("--checkpoints", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16], help="epochs to record")
     cnn.add_argument("--train-fractions", type=float, nargs="+", default=[1.0],
                      help="each model trains on one of these shares of the training images (spreads accuracies)")
+    cnn.add_argument("--image-size", type=int, default=None, help="resize the images (e.g. 14 for MNIST at 14x14)")
     cnn.add_argument("--test-fraction", type=float, default=0.2)
     cnn.add_argument("--shard-size", type=int, default=8, help="models per shard")
     cnn.set_defaults(handler=run_cnn)
@@ -110,7 +111,7 @@ def run_cnn(args: argparse.Namespace) -> int:
 
     zoo = make_cnn_zoo(args.out, args.source, architectures=args.architectures, models_per_arch=args.models_per_arch,
                        checkpoints=args.checkpoints, train_fractions=args.train_fractions, seed=args.seed,
-                       limit=args.limit, test_fraction=args.test_fraction,
+                       limit=args.limit, image_size=args.image_size, test_fraction=args.test_fraction,
                        split_fractions=dict(args.split_fractions), shard_size=args.shard_size,
                        workers=args.workers, progress=not args.no_progress)
     print(f"CNN zoo of {len(zoo)} checkpoints in {args.out}")

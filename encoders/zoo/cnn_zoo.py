@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+import torch.nn.functional as F
 from datasets import Features, Value
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -38,9 +39,14 @@ CNN_FEATURES = Features({
 
 
 @lru_cache(maxsize=2)
-def _data(source: str, limit: int | None, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Train/test images and labels of ``source`` (cached per process: workers load it once)."""
+def _data(source: str, limit: int | None, test_fraction: float, seed: int,
+          image_size: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Train/test images and labels of ``source``, resized to ``image_size`` when given (cached per
+    process: workers load it once)."""
     images, labels = load_images(source, "train", limit)
+    if image_size is not None:
+        # area averaging: 28x28 MNIST to 14x14 averages each 2x2 block, as the meta-training tasks do
+        images = F.interpolate(images, size=(image_size, image_size), mode="area")
     check_images(images)
     (x_train, y_train), (x_test, y_test) = train_test_split(images, labels, test_fraction, seed)
     return x_train, y_train, x_test, y_test
@@ -48,7 +54,7 @@ def _data(source: str, limit: int | None, test_fraction: float, seed: int) -> tu
 
 def _train_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Train one model of the zoo (runs in a worker): its records, weights as state dicts."""
-    data = _data(job["source"], job["limit"], job["test_fraction"], job["data_seed"])
+    data = _data(job["source"], job["limit"], job["test_fraction"], job["data_seed"], job["image_size"])
     hparams = TrainHparams(**job["hparams"])
     snapshots = train_cnn(job["spec"], hparams, data, job["checkpoints"], job["seed"])
     return [{"model_id": job["model_id"], "arch_index": job["arch_index"], "arch_id": architecture_id(job["spec"]),
@@ -66,6 +72,7 @@ def make_cnn_zoo(
     train_fractions: Sequence[float] = (1.0,),
     seed: int = 0,
     limit: int | None = None,
+    image_size: int | None = None,
     test_fraction: float = 0.2,
     split_fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
     shard_size: int = 8,
@@ -88,6 +95,8 @@ def make_cnn_zoo(
             uniformly (see :class:`~encoders.zoo.cnn_train.TrainHparams`).
         seed: master seed.
         limit: use ``limit`` images of the source (see :func:`~encoders.zoo.images.load_images`).
+        image_size: resize the images to ``image_size x image_size`` (area averaging; e.g. 14 for
+            MNIST at the meta-training tasks' size); ``None`` keeps them.
         test_fraction: held-out share of the images, for ``test_acc``.
         split_fractions: train/val/test fractions, drawn by architecture.
         shard_size: models per shard (the unit of resumption).
@@ -104,7 +113,9 @@ def make_cnn_zoo(
     fractions = [float(f) for f in train_fractions]
     if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
         raise ValueError(f"train_fractions must be shares in (0, 1], got {list(train_fractions)}")
-    x_train, y_train, _, _ = _data(source, limit, test_fraction, seed)
+    if image_size is not None and image_size < 4:
+        raise ValueError(f"image_size must be at least 4 pixels, got {image_size}")
+    x_train, y_train, _, _ = _data(source, limit, test_fraction, seed, image_size)
     channels, size = x_train.shape[1], min(x_train.shape[2:])
     num_classes = int(y_train.max()) + 1
     specs = [sample_cnn_spec(random.Random(derive_seed(seed, "arch", a)), channels, num_classes, size)
@@ -118,8 +129,12 @@ def make_cnn_zoo(
                      "hparams": {**sample_hparams(random.Random(derive_seed(seed, "hparams", m))).to_dict(),
                                  "train_fraction": random.Random(derive_seed(seed, "fraction", m)).choice(fractions)},
                      "seed": derive_seed(seed, "model", m), "checkpoints": sorted(set(checkpoints)),
-                     "source": source, "limit": limit, "test_fraction": test_fraction, "data_seed": seed})
-    meta = {"kind": "cnn", "source": {"name": source, "limit": limit, "test_fraction": test_fraction},
+                     "source": source, "limit": limit, "test_fraction": test_fraction, "data_seed": seed,
+                     "image_size": image_size})
+    source_meta = {"name": source, "limit": limit, "test_fraction": test_fraction}
+    if image_size is not None:  # absent otherwise, so zoos made before the option resume as they are
+        source_meta["image_size"] = image_size
+    meta = {"kind": "cnn", "source": source_meta,
             "image_shape": list(x_train.shape[1:]), "num_classes": num_classes, "architectures": architectures,
             "models_per_arch": models_per_arch, "checkpoints": sorted(set(checkpoints)), "train_fractions": fractions,
             "seed": seed,

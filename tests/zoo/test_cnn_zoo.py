@@ -139,3 +139,16 @@ def test_wrong_cnn_weights_are_rejected(cnn_zoo: Zoo) -> None:
                           keep_in_memory=True)
     with pytest.raises(ValueError, match="record 1: weights do not match"):
         Zoo(dataset, cnn_zoo.meta)
+
+
+def test_zoo_images_can_be_resized(tmp_path: Path) -> None:
+    """The roadmap's 14x14 MNIST: the zoo trains on area-averaged images and records their shape."""
+    zoo = make_cnn_zoo(tmp_path / "z", "mnist5k", architectures=3, checkpoints=(0,), limit=100, image_size=14,
+                       progress=False)
+    assert zoo.meta["image_shape"] == [1, 14, 14] and zoo.meta["source"]["image_size"] == 14
+    images, labels = load_images("mnist5k", "train", 100)
+    small = torch.nn.functional.avg_pool2d(images, 2)  # 28 -> 14 by 2x2 means, what "area" resizing does
+    _, (x_test, y_test) = train_test_split(small, labels, 0.2, 0)
+    assert evaluate(zoo.module(0), x_test, y_test)[0] == pytest.approx(zoo.dataset["test_acc"][0], abs=1e-6)
+    with pytest.raises(ValueError, match="image_size must be at least 4"):
+        make_cnn_zoo(tmp_path / "bad", "digits", architectures=1, image_size=2, progress=False)
