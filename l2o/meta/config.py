@@ -104,8 +104,9 @@ class InnerConfig:
     truncated backprop differentiates through the inner gradients (``second_order``) or treats them
     as constants (first order, as Andrychowicz et al. 2016); ``divergence`` (``null``: off): cap
     meta-loss terms at that many times the episode's first loss and end episodes that exceed it;
-    ``vectorize``: ES and PES run the inner runs of slots that share an architecture as one vmapped
-    step, ``compile``: through ``torch.compile`` (see :class:`~l2o.meta.truncated_step.TruncatedStep`)."""
+    ``vectorize``: run the inner runs of slots that share an architecture as one vmapped step;
+    ``compile``: through ``torch.compile`` (ES and PES only; see
+    :class:`~l2o.meta.truncated_step.TruncatedStep`)."""
 
     lr: float = 1.0
     weight_decay: float = 0.0
@@ -197,8 +198,8 @@ class MetaTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.truncation.unroll_length < 1:
             raise ConfigError(f"truncation.unroll_length must be >= 1, got {self.truncation.unroll_length}")
-        if self.inner.vectorize and self.estimator.name == "tbptt":
-            raise ConfigError("inner.vectorize applies to the forward-only estimators (es, pes), not tbptt")
+        if self.inner.compile and self.estimator.name == "tbptt":
+            raise ConfigError("inner.compile applies to the forward-only estimators (es, pes), not tbptt")
         if self.inner.compile and not self.inner.vectorize:
             raise ConfigError("inner.compile compiles the vectorized unrolls: set inner.vectorize too")
         return self

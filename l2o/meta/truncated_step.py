@@ -275,7 +275,7 @@ class TruncatedStep:
                 held_out = self._batch(task, state.step + steps, "test")
                 meta_loss = self._capped(task.loss(dict(zip(names, params)), held_out), initial_loss)
         diverged = self.divergence is not None and not all(
-            float(x) <= self.divergence * abs(initial_loss) for x in [*train_losses, *terms])
+            float(x.detach()) <= self.divergence * abs(initial_loss) for x in [*train_losses, *terms])
         new_state = replace(state, step=state.step + steps, params=params, opt_state=opt_state,
                             initial_loss=initial_loss)
         output = UnrollOutput(
@@ -289,14 +289,16 @@ class TruncatedStep:
         return new_state, output
 
     def unroll_many(
-        self, requests: Sequence[tuple[InnerState, dict[str, Tensor] | None]]
+        self, requests: Sequence[tuple[InnerState, dict[str, Tensor] | None]], differentiable: bool = False
     ) -> list[tuple[InnerState, UnrollOutput]]:
-        """One truncation of each ``(state, meta_params)`` in ``requests``, without autograd (ES, PES).
+        """One truncation of each ``(state, meta_params)`` in ``requests``.
 
         Without ``vectorize`` this is :meth:`unroll` of each request in turn. With it, the requests
         whose tasks share an architecture and whose truncations have the same length run together
         through one vmapped step (:meth:`_unroll_together`); the rest run one by one. Returns the
-        results in the order of ``requests``.
+        results in the order of ``requests``. ``differentiable``: as in :meth:`unroll` (truncated
+        backprop; give each request its own meta-parameter tensors to get per-run meta-gradients
+        from one backward pass); such groups run eagerly even with ``compile``.
         """
         results: list[tuple[InnerState, UnrollOutput] | None] = [None] * len(requests)
         groups: dict[Hashable, list[int]] = {}
@@ -308,32 +310,35 @@ class TruncatedStep:
                 groups[("alone", i)] = [i]
             else:
                 groups.setdefault((architecture, min(self.unroll_length, state.length - state.step)), []).append(i)
-        with torch.no_grad():
+        with torch.set_grad_enabled(differentiable):
             for members in groups.values():
                 if len(members) == 1:
-                    results[members[0]] = self.unroll(*requests[members[0]])
+                    results[members[0]] = self.unroll(*requests[members[0]], differentiable=differentiable)
                     continue
-                for i, result in zip(members, self._unroll_together([requests[i] for i in members])):
+                together = self._unroll_together([requests[i] for i in members], differentiable)
+                for i, result in zip(members, together):
                     results[i] = result
         return results  # type: ignore[return-value]
 
     def _unroll_together(
-        self, requests: Sequence[tuple[InnerState, dict[str, Tensor] | None]]
+        self, requests: Sequence[tuple[InnerState, dict[str, Tensor] | None]], differentiable: bool
     ) -> list[tuple[InnerState, UnrollOutput]]:
         """:meth:`unroll` of inner runs of one architecture and truncation length as one vmapped run:
         parameters, optimizer states, batches and meta-parameters stacked on a leading instance axis."""
         states = [state for state, _ in requests]
         entries = [self.task(s.slot, s.episode) for s in states]
         first = entries[0]
-        if first.architecture not in self._vectorized:  # one vmapped step per architecture, reused
-            self._vectorized[first.architecture] = VectorizedStep(
+        compiled = self.compile and not differentiable  # backprop through the compiled step is untested
+        key = (first.architecture, differentiable)
+        if key not in self._vectorized:  # one vmapped step per architecture (and mode), reused
+            self._vectorized[key] = VectorizedStep(
                 self.rule, first.task, first.names, first.context, lr=self.lr, weight_decay=self.weight_decay,
-                compile=self.compile, per_instance_meta=True)
-        step_all = self._vectorized[first.architecture]
-        own = {n: p.detach() for n, p in self.rule.named_parameters() if p.requires_grad}
+                compile=compiled, per_instance_meta=True, second_order=self.second_order)
+        step_all = self._vectorized[key]
+        own = {n: p if differentiable else p.detach() for n, p in self.rule.named_parameters() if p.requires_grad}
         metas = [own if meta is None else meta for _, meta in requests]
         n = len(states)
-        pad = (1 << (n - 1).bit_length()) - n if self.compile else 0
+        pad = (1 << (n - 1).bit_length()) - n if compiled else 0
 
         def stacked(tree: Any) -> Any:  # per-run pytrees -> one with a leading run axis, padded
             return tree_map(lambda x: torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) if pad else x,
@@ -351,7 +356,7 @@ class TruncatedStep:
         for i in range(steps):
             batch = batches(i)
             losses, params, opt_state = step_all(params, opt_state, batch, meta_params)
-            losses = losses[:n]
+            losses = losses[:n].detach()
             initial = [float(loss) if value is None else value for value, loss in zip(initial, losses)]
             train_losses.append(losses)
             if self.meta_loss == "train_mean":

@@ -89,14 +89,17 @@ class VectorizedStep:
             this machine, then about twice the eager step's throughput at ``N = 128``). Calls
             with and without ``meta_params`` compile separately.
         per_instance_meta: ``meta_params`` carry a leading instance axis too (ES and PES unroll
-            each instance under its own perturbed meta-parameters); otherwise all instances share them.
+            each instance under its own perturbed meta-parameters; truncated backprop gets each
+            instance's meta-gradient from its own copy); otherwise all instances share them.
+        second_order: keep the inner gradients on the autograd graph (as
+            ``TruncatedStep(second_order=True)``); ``False`` treats them as constants.
     """
 
     def __init__(self, rule: UpdateRule, task: Task, names: list[str], context: Any = None, *,
                  lr: float | Tensor = 1.0, weight_decay: float | Tensor = 0.0, compile: bool = False,
-                 per_instance_meta: bool = False) -> None:
+                 per_instance_meta: bool = False, second_order: bool = True) -> None:
         self.rule, self.task, self.names, self.context = rule, task, names, context
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.second_order = lr, weight_decay, second_order
         batched = vmap(self._one, in_dims=(0, 0, 0, 0 if per_instance_meta else None))
         self._step = torch.compile(batched) if compile else batched
         self._loss = vmap(lambda params, batch: self.task.loss(dict(zip(self.names, params)), batch))
@@ -104,6 +107,8 @@ class VectorizedStep:
     def _one(self, params: list[Tensor], state: Any, batch: Batch,
              meta_params: dict[str, Tensor] | None) -> tuple[Tensor, list[Tensor], Any]:
         grads, loss = grad_and_value(lambda q: self.task.loss(dict(zip(self.names, q)), batch))(params)
+        if not self.second_order:
+            grads = [g.detach() for g in grads]
         new_params, new_state = learned_step(self.rule, params, grads, state, self.context, meta_params=meta_params,
                                              lr=self.lr, weight_decay=self.weight_decay)
         return loss, new_params, new_state

@@ -71,7 +71,8 @@ def test_yaml_config_loads_and_round_trips(tmp_path):
         ({"tasks": [{"family": "mlp", "weight": "heavy"}]}, r"tasks\[0\].weight must be float"),
         ({"rule": ["ff"]}, r"rule must be a rule name or a mapping"),
         ({"device": "tpu"}, r"unknown device 'tpu'; choose one of \['auto', 'cpu', 'cuda'\]"),
-        ({"estimator": {"name": "tbptt"}, "inner": {"vectorize": True}}, r"inner.vectorize applies to .* not tbptt"),
+        ({"estimator": {"name": "tbptt"}, "inner": {"vectorize": True, "compile": True}},
+         r"inner.compile applies to .* not tbptt"),
         ({"estimator": {"name": "pes"}, "inner": {"compile": True}}, r"inner.compile .* set inner.vectorize too"),
     ],
 )

@@ -7,7 +7,7 @@ import torch
 
 from l2o.functional import learned_step
 from l2o.hub import load_rule
-from l2o.meta.estimators import PersistentES, TruncatedES
+from l2o.meta.estimators import PersistentES, TruncatedBPTT, TruncatedES
 from l2o.meta.seeding import derive_seed
 from l2o.meta.tasks import QuadraticFamily, ReparamFamily
 from l2o.meta.tasks.image import MLPFamily
@@ -207,3 +207,20 @@ def test_slots_of_a_block_train_instances_of_one_task_in_step() -> None:
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="instances_per_task must be >= 1"):
         TruncatedStep(load_rule("ff"), family, LogUniformSchedule(5, 50), unroll_length=3, instances_per_task=0)
+
+
+@pytest.mark.parametrize("second_order", [True, False])
+def test_vectorized_truncated_backprop_matches_slot_by_slot(second_order: bool) -> None:
+    """Each slot's meta-gradient from its own copy of the meta-parameters, one backward pass for all."""
+    fast = TruncatedBPTT(truncated_step(True, second_order=second_order))
+    slow = TruncatedBPTT(truncated_step(False, second_order=second_order))
+    meta_params = dict(fast.truncated_step.rule.named_parameters())
+    fast_states = [fast.init_state(slot) for slot in range(6)]
+    slow_states = [slow.init_state(slot) for slot in range(6)]
+    for meta_step in range(4):
+        fast_estimate, fast_states = fast.estimate(meta_params, fast_states, meta_step)
+        slow_estimate, slow_states = slow.estimate(meta_params, slow_states, meta_step)
+        torch.testing.assert_close(fast_estimate.losses, slow_estimate.losses, rtol=1e-5, atol=1e-6)
+        assert bool(slow_estimate.grads.abs().sum() > 0)
+        torch.testing.assert_close(fast_estimate.grads, slow_estimate.grads, rtol=1e-4, atol=1e-6)
+        assert [s.step for s in fast_states] == [s.step for s in slow_states]
