@@ -16,11 +16,12 @@ over the truncation). Reported: inner steps per second (``N * K`` over the media
 truncation) and the ratio vectorized / per-instance. One thread unless ``--threads``.
 
 ``--trainer`` measures what meta-training itself gains: :class:`~l2o.meta.MetaTrainer` steps of
-PES (Celo's estimator) over ``--slots`` task slots of that inner problem, truncations of
-``--unroll`` steps over episodes log-uniform in 100-2000 steps (slots at random offsets, so some
-truncations end early and run in smaller groups), with ``TruncatedStep`` per instance, vectorized
-and vectorized + compiled, meta-step after meta-step in one process. Reported: inner steps per
-second (two runs per slot) over the median meta-step.
+``--estimator`` (default PES, Celo's estimator; ``tbptt`` is first order) over ``--slots`` task
+slots of that inner problem, truncations of ``--unroll`` steps over episodes log-uniform in
+100-2000 steps (slots at random offsets, so some truncations end early and run in smaller
+groups), with ``TruncatedStep`` per instance, vectorized and (ES, PES) vectorized + compiled,
+meta-step after meta-step in one process. Reported: inner steps per second (two runs per slot
+under ES and PES) over the median meta-step.
 
     python -m benchmarks.meta_throughput                 # N = 1, 8, 32, 128; both rules, both modes
     python -m benchmarks.meta_throughput --trainer --slots 8 32   # the meta-trainer, vectorize off / on
@@ -55,7 +56,7 @@ from benchmarks.common import command_line, median_time, write_results
 from l2o.functional import learned_step
 from l2o.hub import load_rule
 from l2o.meta import MetaTrainer
-from l2o.meta.estimators import PersistentES
+from l2o.meta.estimators import ESTIMATORS
 from l2o.meta.tasks.image import MLPFamily
 from l2o.meta.truncated_step import TruncatedStep, loss_and_grads
 from l2o.meta.truncation import LogUniformSchedule
@@ -115,15 +116,18 @@ TRAINER_PATHS = {"per_instance": {}, "vectorized": {"vectorize": True},
                  "compiled": {"vectorize": True, "compile": True}}
 
 
-def measure_trainer(rule_name: str, slots: int, unroll: int, meta_steps: int, compiled: bool) -> dict[str, Any]:
-    """Median seconds per PES meta-step over ``slots`` slots on each path, meta-step after meta-step."""
+def measure_trainer(rule_name: str, estimator: str, slots: int, unroll: int, meta_steps: int,
+                    compiled: bool) -> dict[str, Any]:
+    """Median seconds per meta-step of ``estimator`` over ``slots`` slots on each path, meta-step after meta-step."""
     trainers = {}
     for path, options in TRAINER_PATHS.items():
-        if path == "compiled" and not compiled:
+        if path == "compiled" and (not compiled or estimator == "tbptt"):  # compiling is for forward unrolls
             continue
         step = TruncatedStep(load_rule(rule_name), MLPFamily(widths=(32,), depths=(1,), activations=("relu",)),
-                             LogUniformSchedule(100, 2000), unroll_length=unroll, initial_offset=2000, **options)
-        trainers[path] = MetaTrainer(PersistentES(step), n_tasks=slots)
+                             LogUniformSchedule(100, 2000), unroll_length=unroll, initial_offset=2000,
+                             second_order=False, **options)
+        trainers[path] = MetaTrainer(ESTIMATORS[estimator](step), n_tasks=slots)
+    runs_per_slot = 1 if estimator == "tbptt" else 2
     times: dict[str, list[float]] = {path: [] for path in trainers}
     inner: dict[str, list[int]] = {path: [] for path in trainers}
     for i in range(meta_steps + 1):  # the first meta-step warms up (task contexts, allocations, compiling)
@@ -132,8 +136,8 @@ def measure_trainer(rule_name: str, slots: int, unroll: int, meta_steps: int, co
             result = trainer.step(collect_curves=True)
             if i:
                 times[path].append(time.perf_counter() - start)
-                inner[path].append(2 * sum(len(c["losses"]) for c in result.curves))  # two runs per slot
-    row: dict[str, Any] = {"rule": rule_name, "mode": "pes trainer", "instances": slots, "steps": unroll}
+                inner[path].append(runs_per_slot * sum(len(c["losses"]) for c in result.curves))
+    row: dict[str, Any] = {"rule": rule_name, "mode": f"{estimator} trainer", "instances": slots, "steps": unroll}
     for path in trainers:
         row[f"{path}_s"] = statistics.median(times[path])
         row[f"{path}_steps_per_s"] = statistics.median(inner[path]) / row[f"{path}_s"]
@@ -178,7 +182,8 @@ def cell(row: dict[str, Any], path: str) -> str:
 
 PROBLEM = "Inner problem: MLP 64-32-10 (ReLU) on 8x8 digits, batch 32"
 STEP_NOTE = f"{PROBLEM}; inner steps per second over a truncation of the steps shown, medians."
-TRAINER_NOTE = (f"{PROBLEM}. Instances: PES task slots (two inner runs each); inner steps per second over the "
+TRAINER_NOTE = (f"{PROBLEM}. Instances: task slots (two inner runs each under ES and PES, one under first-order "
+                "truncated backprop); inner steps per second over the "
                 "median meta-step of ``MetaTrainer`` with ``TruncatedStep(vectorize=False)`` (per-instance), "
                 "``vectorize=True`` (vectorized) and ``vectorize=True, compile=True``, measured meta-step after "
                 "meta-step in one process (compiling happens in the warm-up meta-step, and again when an "
@@ -204,11 +209,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled vectorized path (forward mode)")
     parser.add_argument("--trainer", action="store_true",
-                        help="measure PES meta-steps of the trainer (vectorize off / on) instead")
+                        help="measure meta-steps of the trainer (one by one, vectorized, compiled) instead")
     parser.add_argument("--processes", action="store_true",
                         help="measure l2o meta-train on 1 and on 2 processes (accelerate) instead")
     parser.add_argument("--vectorize", action="store_true", help="inner.vectorize in the --processes runs")
     parser.add_argument("--slots", type=int, nargs="+", default=[8, 32], help="task slots (--trainer)")
+    parser.add_argument("--estimator", choices=["pes", "es", "tbptt"], default="pes",
+                        help="estimator of the --trainer runs (tbptt: first order, no compiled path)")
     parser.add_argument("--unroll", type=int, default=50, help="inner steps per truncation (--trainer)")
     parser.add_argument("--meta-steps", type=int, default=5, help="timed meta-steps per path (--trainer)")
     parser.add_argument("--out", type=Path, default=Path("results/meta_throughput"))
@@ -236,12 +243,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.trainer:
         for rule_name in args.rules:
             for slots in args.slots:
-                row = measure_trainer(rule_name, slots, args.unroll, args.meta_steps, not args.no_compile)
+                row = measure_trainer(rule_name, args.estimator, slots, args.unroll, args.meta_steps,
+                                      not args.no_compile)
                 rows.append(row)
-                print(f"{rule_name:16s} PES trainer, {slots:3d} slots: per-instance "
+                print(f"{rule_name:16s} {args.estimator} trainer, {slots:3d} slots: per-instance "
                       f"{row['per_instance_steps_per_s']:6.0f}, vectorized {cell(row, 'vectorized')}, "
                       f"compiled {cell(row, 'compiled')} inner steps/s", flush=True)
-        name = "meta_throughput_trainer"
+        name = "meta_throughput_trainer" + ("" if args.estimator == "pes" else f"_{args.estimator}")
         write_results(args.out, name, {"threads": args.threads, "unroll": args.unroll, "rows": rows},
                       markdown(rows, TRAINER_NOTE))
         return rows
