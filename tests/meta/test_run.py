@@ -18,6 +18,7 @@ from l2o.hub import from_pretrained
 from l2o.meta import ConfigError, MetaTrainer, MetaTrainingDiverged, meta_train
 from l2o.meta.checkpoint import CheckpointError, load_checkpoint
 from l2o.meta.metrics import read_metrics
+from l2o.meta.truncated_step import TruncatedStep
 from tests.meta.rules import LogLRRule, MomentumRule, PoisonRule
 from tests.meta.runs import RULE, assert_same_state, small_config, without_timing
 
@@ -48,10 +49,18 @@ def test_run_folder_holds_checkpoint_metrics_plot_and_rule(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.safetensors")["meta_step"] == 8
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
-def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch, estimator):
-    config = small_config(estimator={"name": estimator})
+VECTORIZED = {"inner": {"vectorize": True}, "instances_per_task": 3}  # the reparameterized MLPs run together
+
+
+@pytest.mark.parametrize(("estimator", "options"), [("tbptt", {}), ("pes", {}), ("tbptt", VECTORIZED),
+                                                    ("pes", VECTORIZED)])
+def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch, estimator, options):
+    config = small_config(estimator={"name": estimator}, **options)
+    together = TruncatedStep._unroll_together
+    groups = []
+    monkeypatch.setattr(TruncatedStep, "_unroll_together", lambda self, *a: groups.append(1) or together(self, *a))
     reference = meta_train(config, tmp_path / "reference")
+    assert bool(groups) == bool(options)  # the vectorized runs do run slots together
 
     original_step = MetaTrainer.step
 
