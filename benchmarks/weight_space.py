@@ -42,6 +42,8 @@ Sizes (CPU, 2 cores):
   optimizer, learning rate, weight decay, init scale, batch size, dropout and training share
   (10/25/50/100 % of the images), checkpointed at epochs 0-32 (672 records, split by
   architecture); 30 epochs, patience 8, 3 seeds (written to ``weight_space_generalization``).
+* ``--size generalization-large``: the same with 384 architectures (2688 records, about 30
+  minutes of zoo training on a 2-core CPU; written to ``weight_space_generalization_large``).
 * ``--quick``: 60 SIRENs on 8x8 digits (6 per class), 10 CNN architectures x 3 checkpoints, hidden 16, 2 layers,
   2 epochs, 1 seed (a smoke test, < 2 minutes; its numbers mean nothing).
 
