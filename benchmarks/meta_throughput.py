@@ -29,9 +29,10 @@ under ES and PES) over the median meta-step.
     python -m benchmarks.meta_throughput --quick         # N = 1, 8; forward only; seconds
 
 ``--processes`` runs ``l2o meta-train`` (PES over ``--slots`` slots of the same inner problem, the
-``neural-graph-stepsize`` rule) once in one process and once through ``accelerate launch
---num_processes 2`` (gloo on the CPU, one thread each), and reports meta-gradients per second (slots
-per median meta-step) of both and their ratio: what a second process buys. The two runs take turns
+``neural-graph-stepsize`` rule, without and with ``inner.vectorize``) once in one process and once
+through ``accelerate launch --num_processes 2`` (gloo on the CPU, one thread each), and reports
+meta-gradients per second (slots per median meta-step) of both and their ratio: what a second
+process buys. The two runs take turns
 on the machine, so they need it to themselves.
 
 Writes ``meta_throughput.json`` and ``.md`` to ``--out``.
@@ -212,7 +213,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="measure meta-steps of the trainer (one by one, vectorized, compiled) instead")
     parser.add_argument("--processes", action="store_true",
                         help="measure l2o meta-train on 1 and on 2 processes (accelerate) instead")
-    parser.add_argument("--vectorize", action="store_true", help="inner.vectorize in the --processes runs")
     parser.add_argument("--slots", type=int, nargs="+", default=[8, 32], help="task slots (--trainer)")
     parser.add_argument("--estimator", choices=["pes", "es", "tbptt"], default="pes",
                         help="estimator of the --trainer runs (tbptt: first order, no compiled path)")
@@ -226,10 +226,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(command_line())
     rows = []
     if args.processes:
-        for slots in args.slots:
-            row = measure_processes(slots, args.unroll, args.meta_steps, args.vectorize)
+        for slots, vectorize in [(s, v) for s in args.slots for v in (False, True)]:
+            row = measure_processes(slots, args.unroll, args.meta_steps, vectorize)
             rows.append(row)
-            print(f"PES, {slots} slots: 1 process {row['p1_meta_grads_per_s']:.2f}, 2 processes "
+            print(f"PES, {slots} slots, vectorize {vectorize}: 1 process {row['p1_meta_grads_per_s']:.2f}, 2 processes "
                   f"{row['p2_meta_grads_per_s']:.2f} meta-gradients/s ({row['speedup']:.2f}x)", flush=True)
         lines = ["| slots | inner steps per truncation | vectorize | 1 process | 2 processes | ratio |",
                  "|---:|---:|---|---:|---:|---:|"]
