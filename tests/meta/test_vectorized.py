@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -151,6 +153,20 @@ def test_tasks_without_a_loss_id_run_one_by_one() -> None:
                         [slow_step.unroll(s) for s in states])
 
 
+def side_by_side(fast, slow, meta_steps: int, slots: int = 6) -> Iterator[tuple]:
+    """``(fast estimate, slow estimate)`` of each meta-step of two estimators over the same slots,
+    after checking that both give the same meta-losses and leave the slots at the same steps."""
+    meta_params = dict(fast.truncated_step.rule.named_parameters())
+    fast_states = [fast.init_state(slot) for slot in range(slots)]
+    slow_states = [slow.init_state(slot) for slot in range(slots)]
+    for meta_step in range(meta_steps):
+        fast_estimate, fast_states = fast.estimate(meta_params, fast_states, meta_step)
+        slow_estimate, slow_states = slow.estimate(meta_params, slow_states, meta_step)
+        torch.testing.assert_close(fast_estimate.losses, slow_estimate.losses, rtol=1e-5, atol=1e-6)
+        assert [c["start"] for c in fast_estimate.curves] == [c["start"] for c in slow_estimate.curves]
+        yield fast_estimate, slow_estimate
+
+
 @pytest.mark.parametrize("estimator_cls", [TruncatedES, PersistentES])
 def test_vectorized_estimates_match_the_per_slot_estimates(estimator_cls) -> None:
     """Several meta-steps, across episode ends (PES restarts both runs and its accumulator there).
@@ -161,13 +177,7 @@ def test_vectorized_estimates_match_the_per_slot_estimates(estimator_cls) -> Non
     checks each run of a trained rule instead)."""
     fast = estimator_cls(truncated_step(True, rule=MomentumRule()), seed=1, sigma=0.1)
     slow = estimator_cls(truncated_step(False, rule=MomentumRule()), seed=1, sigma=0.1)
-    meta_params = dict(fast.truncated_step.rule.named_parameters())
-    fast_states = [fast.init_state(slot) for slot in range(6)]
-    slow_states = [slow.init_state(slot) for slot in range(6)]
-    for meta_step in range(5):
-        fast_estimate, fast_states = fast.estimate(meta_params, fast_states, meta_step)
-        slow_estimate, slow_states = slow.estimate(meta_params, slow_states, meta_step)
-        torch.testing.assert_close(fast_estimate.losses, slow_estimate.losses, rtol=1e-5, atol=1e-6)
+    for fast_estimate, slow_estimate in side_by_side(fast, slow, meta_steps=5):
         scale = float(slow_estimate.grads.abs().max())
         torch.testing.assert_close(fast_estimate.grads, slow_estimate.grads, rtol=1e-3, atol=1e-3 * scale)
         for a, b in zip(fast_estimate.curves, slow_estimate.curves, strict=True):
@@ -214,13 +224,6 @@ def test_vectorized_truncated_backprop_matches_slot_by_slot(second_order: bool) 
     """Each slot's meta-gradient from its own copy of the meta-parameters, one backward pass for all."""
     fast = TruncatedBPTT(truncated_step(True, second_order=second_order))
     slow = TruncatedBPTT(truncated_step(False, second_order=second_order))
-    meta_params = dict(fast.truncated_step.rule.named_parameters())
-    fast_states = [fast.init_state(slot) for slot in range(6)]
-    slow_states = [slow.init_state(slot) for slot in range(6)]
-    for meta_step in range(4):
-        fast_estimate, fast_states = fast.estimate(meta_params, fast_states, meta_step)
-        slow_estimate, slow_states = slow.estimate(meta_params, slow_states, meta_step)
-        torch.testing.assert_close(fast_estimate.losses, slow_estimate.losses, rtol=1e-5, atol=1e-6)
+    for fast_estimate, slow_estimate in side_by_side(fast, slow, meta_steps=4):
         assert bool(slow_estimate.grads.abs().sum() > 0)
         torch.testing.assert_close(fast_estimate.grads, slow_estimate.grads, rtol=1e-4, atol=1e-6)
-        assert [s.step for s in fast_states] == [s.step for s in slow_states]
