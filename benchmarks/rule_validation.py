@@ -2,9 +2,9 @@
 set on which a recipe's rule is selected (a meta-trained rule against its initialisation, or one
 checkpoint against another), never the evaluation tasks of ``benchmarks/l2o_quality.py``.
 
-Tasks are drawn from the config's mixture of families (without its reparameterization
-augmentation) at seeds ``VALIDATION_SEED + k``; meta-training draws its tasks at seeds derived
-from the run's seed by hashing (:func:`l2o.meta.seeding.derive_seed`), so these are new instances.
+Tasks are :func:`l2o.meta.validation.validation_tasks` (the ones a run with ``validation.every``
+selects its ``rule_best`` on): the config's mixture of families without its reparameterization
+augmentation, at seeds ``VALIDATION_SEED + k``, new instances of the training distribution.
 Every rule trains every task for ``--steps`` steps at ``lr=1`` on the task's traced graph; the
 report gives each task's final training loss (mean of the last ``SMOOTH`` steps) and, per rule, the
 geometric mean over tasks of its ratio to the first rule's and the number of tasks it wins.
@@ -25,22 +25,18 @@ from typing import Any
 import torch
 
 from benchmarks.common import write_results
+from l2o.meta.validation import VALIDATION_SEED, validation_tasks
 
-VALIDATION_SEED = 10**6
 SMOOTH = 50
 
 
 def run(config_path: str, index: int, rule: str, steps: int) -> dict[str, Any]:
     """Train validation task ``index`` of the config's mixture with ``rule``; its final loss."""
-    import dataclasses
-
     from l2o import NeuralGraphOpt
-    from l2o.meta.build import build_family
     from l2o.meta.config import load_config
 
     torch.set_num_threads(1)
-    config = dataclasses.replace(load_config(config_path), reparam_scale=None)  # the tasks, not their augmentation
-    task = build_family(config).sample(VALIDATION_SEED + index)
+    [task] = validation_tasks(load_config(config_path), 1, start=index)
     params = dict(task.model.named_parameters())
     opt = NeuralGraphOpt(task.model.parameters(), rule=rule, model=task.model, example_inputs=task.example_inputs())
     losses = []

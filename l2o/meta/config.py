@@ -11,6 +11,7 @@ YAML layout (every key optional except where noted)::
     truncation: {schedule: log_uniform, min_length: 100, max_length: 1000, unroll_length: 20, initial_offset: 100}
     inner: {lr: 1.0, weight_decay: 0.0, meta_loss: train_mean, second_order: true}
     outer: {lr: 3.0e-4, clip_norm: 1.0, lr_schedule: cosine}
+    validation: {every: 100, n_tasks: 6, steps: 300}   # keep the best rule on held-out tasks (null: off)
     n_tasks: 8
     steps: 1000
     device: cpu                           # or cuda (each process's GPU), or auto
@@ -49,6 +50,7 @@ __all__ = [
     "RuleConfig",
     "TaskConfig",
     "TruncationConfig",
+    "ValidationConfig",
     "config_from_dict",
     "load_config",
     "resolve_rule_class",
@@ -129,6 +131,17 @@ class OuterConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Checkpoint selection (:mod:`l2o.meta.validation`): every ``every`` meta-steps (``null``: off)
+    the rule trains ``n_tasks`` held-out tasks of the recipe's families for ``steps`` steps each, and
+    the best rule so far (the initial one included) is kept in the run's ``rule_best/``."""
+
+    every: int | None = None
+    n_tasks: int = 6
+    steps: int = 300
+
+
+@dataclass
 class MetaTrainConfig:
     """Everything :func:`l2o.meta.meta_train` needs.
 
@@ -155,6 +168,7 @@ class MetaTrainConfig:
     truncation: TruncationConfig = field(default_factory=TruncationConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     n_tasks: int = 8
     instances_per_task: int = 1
     steps: int = 100
@@ -196,6 +210,11 @@ class MetaTrainConfig:
                      "max_consecutive_failures", "members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_tasks", "steps"):
+            if getattr(self.validation, name) < 1:
+                raise ConfigError(f"validation.{name} must be >= 1, got {getattr(self.validation, name)}")
+        if self.validation.every is not None and self.validation.every < 1:
+            raise ConfigError(f"validation.every must be >= 1 or null, got {self.validation.every}")
         if self.truncation.unroll_length < 1:
             raise ConfigError(f"truncation.unroll_length must be >= 1, got {self.truncation.unroll_length}")
         if self.inner.compile and self.estimator.name == "tbptt":

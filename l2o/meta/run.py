@@ -7,6 +7,8 @@ The run folder holds::
     metrics.jsonl               one record per meta-step (+ inner curves every log_inner_every)
     meta_training.png           meta-loss and inner curves
     rule/                       the final rule (l2o.hub.save_pretrained: config.json + model.safetensors)
+    rule_best/, validation.json with validation.every set: the rule that trained held-out tasks
+                                best (the initial one included) and the scores (l2o.meta.validation)
 
 With ``members: K > 1`` the folder holds ``config.yaml``, ``member0`` ... ``member<K-1>`` (run
 folders as above, seeds ``seed`` ... ``seed + K - 1``, all from the same initial rule) and ``rule/``,
@@ -34,6 +36,7 @@ from l2o.meta.metrics import MetricsLog, read_metrics
 from l2o.meta.plot import plot_metrics
 from l2o.meta.soup import average_rules
 from l2o.meta.trainer import MetaTrainer
+from l2o.meta.validation import RuleSelector, validation_tasks
 from l2o.rule import UpdateRule
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "MetaTrainingDiverged", "meta_train"]
@@ -130,6 +133,12 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(config, run_dir)
         log = MetricsLog(run_dir / METRICS_NAME, keep_until=trainer.meta_step if resumed else None)
+    every = config.validation.every
+    selector = None
+    if every is not None and main:  # the other processes wait for it at the next collective step
+        selector = RuleSelector(run_dir, validation_tasks(config, config.validation.n_tasks), config.validation.steps,
+                                accelerator.device)
+        selector.start(rule, trainer.meta_step)
 
     failures, last_saved = 0, trainer.meta_step
     bar = tqdm(total=config.steps, initial=trainer.meta_step, disable=not (config.progress and main), desc="meta")
@@ -147,6 +156,8 @@ def _train(
                 "skipped": result.skipped,
                 "seconds": time.perf_counter() - start,
             }
+            if selector is not None and result.meta_step % every == 0 and not result.skipped:
+                record["validation"] = selector.score(rule, result.meta_step)
             log.write({**record, "inner": result.curves} if collect else record)
             bar.update(1)
             bar.set_postfix(meta_loss=f"{result.meta_loss:.4g}", skipped=failures)
@@ -163,6 +174,8 @@ def _train(
     if last_saved != trainer.meta_step:  # decided alike on every process: _save is collective
         _save(trainer, config, checkpoint_path, main)
     if main:
+        if selector is not None and trainer.meta_step % every != 0:
+            selector.score(rule, trainer.meta_step)
         save_pretrained(rule, run_dir / RULE_DIR)
         plot_metrics(read_metrics(run_dir / METRICS_NAME), run_dir / PLOT_NAME)
     accelerator.wait_for_everyone()

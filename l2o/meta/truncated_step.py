@@ -13,7 +13,7 @@ an architecture through one :class:`~l2o.meta.vectorized.VectorizedStep` per inn
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -103,7 +103,7 @@ class _TaskEntry:
     names: list[str]
     context: Any
     #: equal for tasks one vmapped step can run together (``loss_id``, parameter and batch shapes);
-    #: ``None`` for tasks without a ``loss_id``
+    #: ``None`` for tasks without a ``loss_id`` and when the step does not vectorize
     architecture: Hashable | None
 
 
@@ -204,7 +204,7 @@ class TruncatedStep:
             params = task.init_params()
             context = self.rule.context_for(list(params.values()), task.model, task.example_inputs())
             architecture = None
-            if task.loss_id is not None:
+            if self.vectorize and task.loss_id is not None:  # draws a batch: only when it is used
                 architecture = (task.loss_id, tuple((n, tuple(p.shape)) for n, p in params.items()),
                                 tuple(tuple(x.shape) for x in task.batch(0)))
             self._tasks[key] = _TaskEntry(task, list(params), context, architecture)
@@ -246,47 +246,19 @@ class TruncatedStep:
             raise ValueError(f"slot {state.slot} finished its episode; call next_episode first")
         entry = self.task(state.slot, state.episode)
         task, names = entry.task, entry.names
-        steps = min(self.unroll_length, state.length - state.step)
-        initial_loss = state.initial_loss
-        with torch.set_grad_enabled(differentiable):
-            params, opt_state = state.params, state.opt_state
-            train_losses, terms = [], []
-            for i in range(steps):
-                batch = self._batch(task, state.step + i)
-                loss, grads = loss_and_grads(task, names, params, batch, differentiable and self.second_order)
-                if initial_loss is None:
-                    initial_loss = float(loss.detach())
-                params, opt_state = learned_step(
-                    self.rule,
-                    params,
-                    grads,
-                    opt_state,
-                    entry.context,
-                    meta_params=meta_params,
-                    lr=self.lr,
-                    weight_decay=self.weight_decay,
-                )
-                train_losses.append(loss.detach())
-                if self.meta_loss == "train_mean":
-                    terms.append(self._capped(task.loss(dict(zip(names, params)), batch), initial_loss))
-            if self.meta_loss == "train_mean":
-                meta_loss = torch.stack(terms).mean()
-            else:
-                held_out = self._batch(task, state.step + steps, "test")
-                meta_loss = self._capped(task.loss(dict(zip(names, params)), held_out), initial_loss)
-        diverged = self.divergence is not None and not all(
-            float(x.detach()) <= self.divergence * abs(initial_loss) for x in [*train_losses, *terms])
-        new_state = replace(state, step=state.step + steps, params=params, opt_state=opt_state,
-                            initial_loss=initial_loss)
-        output = UnrollOutput(
-            slot=state.slot,
-            meta_loss=meta_loss,
-            train_losses=torch.stack(train_losses),
-            start=state.step,
-            task=task.name,
-            done=new_state.step >= state.length or diverged,
-        )
-        return new_state, output
+
+        def step(params: list[Tensor], opt_state: Any, batch: Batch) -> tuple[Tensor, list[Tensor], Any]:
+            loss, grads = loss_and_grads(task, names, params, batch, differentiable and self.second_order)
+            params, opt_state = learned_step(self.rule, params, grads, opt_state, entry.context,
+                                             meta_params=meta_params, lr=self.lr, weight_decay=self.weight_decay)
+            return loss.unsqueeze(0), params, opt_state
+
+        def loss(params: list[Tensor], batch: Batch) -> Tensor:
+            return task.loss(dict(zip(names, params)), batch).unsqueeze(0)
+
+        return self._truncation([state], [entry], step, loss, state.params, state.opt_state,
+                                lambda offset, split: self._batch(task, state.step + offset, split),
+                                lambda params, opt_state, k: (params, opt_state), differentiable)[0]
 
     def unroll_many(
         self, requests: Sequence[tuple[InnerState, dict[str, Tensor] | None]], differentiable: bool = False
@@ -305,7 +277,7 @@ class TruncatedStep:
         for i, (state, _) in enumerate(requests):
             if state.step >= state.length:
                 raise ValueError(f"slot {state.slot} finished its episode; call next_episode first")
-            architecture = self.task(state.slot, state.episode).architecture if self.vectorize else None
+            architecture = self.task(state.slot, state.episode).architecture
             if architecture is None:
                 groups[("alone", i)] = [i]
             else:
@@ -346,35 +318,56 @@ class TruncatedStep:
 
         meta_params, params = stacked(metas), stacked([s.params for s in states])
         opt_state = stacked([s.opt_state for s in states])
-        steps = min(self.unroll_length, states[0].length - states[0].step)
-        initial = [s.initial_loss for s in states]
 
-        def batches(offset: int, split: str = "train") -> tuple[Tensor, ...]:
+        def batches(offset: int, split: str) -> Batch:
             return stacked([self._batch(e.task, s.step + offset, split) for e, s in zip(entries, states)])
 
-        train_losses, terms = [], []
-        for i in range(steps):
-            batch = batches(i)
-            losses, params, opt_state = step_all(params, opt_state, batch, meta_params)
-            losses = losses[:n].detach()
-            initial = [float(loss) if value is None else value for value, loss in zip(initial, losses)]
-            train_losses.append(losses)
+        def run(params: list[Tensor], opt_state: Any, k: int) -> tuple[list[Tensor], Any]:
+            # clones: a view of run k would keep, and a checkpoint would save, the whole stacked tensor
+            return [p.clone() for p in unstack(params, k)], tree_map(torch.clone, unstack(opt_state, k))
+
+        return self._truncation(states, entries, lambda p, o, b: step_all(p, o, b, meta_params), step_all.loss,
+                                params, opt_state, batches, run, differentiable)
+
+    def _truncation(
+        self, states: Sequence[InnerState], entries: Sequence[_TaskEntry],
+        step: Callable[[Any, Any, Batch], tuple[Tensor, Any, Any]], loss: Callable[[Any, Batch], Tensor],
+        params: Any, opt_state: Any, batches: Callable[[int, str], Batch],
+        run: Callable[[Any, Any, int], tuple[list[Tensor], Any]], differentiable: bool,
+    ) -> list[tuple[InnerState, UnrollOutput]]:
+        """One truncation of ``N = len(states)`` inner runs of one length, however they are stepped:
+        the meta-loss terms (capped), divergence, new states and outputs, shared by :meth:`unroll`
+        (``N = 1``, the plain per-run step) and :meth:`_unroll_together` (one vmapped step).
+
+        ``step(params, opt_state, batch) -> (losses [M], params, opt_state)`` and ``loss(params,
+        batch) -> [M]`` act on all runs at once (``M >= N``: rows past ``N`` are padding);
+        ``batches(offset, split)`` is every run's batch at ``step + offset``; ``run(params,
+        opt_state, k)`` takes run ``k``'s parameters and optimizer state out of the joint ones."""
+        n = len(states)
+        steps = min(self.unroll_length, states[0].length - states[0].step)
+        initial = [s.initial_loss for s in states]
+        with torch.set_grad_enabled(differentiable):
+            train_losses, terms = [], []
+            for i in range(steps):
+                batch = batches(i, "train")
+                losses, params, opt_state = step(params, opt_state, batch)
+                losses = losses[:n].detach()
+                initial = [float(value) if first is None else first for first, value in zip(initial, losses)]
+                train_losses.append(losses)
+                if self.meta_loss == "train_mean":
+                    terms.append(self._capped(loss(params, batch)[:n], losses.new_tensor(initial)))
             if self.meta_loss == "train_mean":
-                terms.append(self._capped(step_all.loss(params, batch)[:n], losses.new_tensor(initial)))
-        if self.meta_loss == "train_mean":
-            meta_losses = torch.stack(terms).mean(0)
-        else:
-            held_out = step_all.loss(params, batches(steps, "test"))[:n]
-            meta_losses = self._capped(held_out, losses.new_tensor(initial))
+                meta_losses = torch.stack(terms).mean(0)
+            else:
+                meta_losses = self._capped(loss(params, batches(steps, "test"))[:n], losses.new_tensor(initial))
         train_losses_t = torch.stack(train_losses, dim=1)  # [N, steps]
-        seen = torch.cat([train_losses_t, *([torch.stack(terms, dim=1)] if terms else [])], dim=1)
+        seen = torch.cat([train_losses_t, *([torch.stack(terms, dim=1).detach()] if terms else [])], dim=1)
         results = []
         for k, state in enumerate(states):
             diverged = self.divergence is not None and not bool((seen[k] <= self.divergence * abs(initial[k])).all())
-            # clones: a view of run k would keep, and a checkpoint would save, the whole stacked tensor
-            new_state = replace(state, step=state.step + steps, initial_loss=initial[k],
-                                params=[p.clone() for p in unstack(params, k)],
-                                opt_state=tree_map(torch.clone, unstack(opt_state, k)))
+            run_params, run_state = run(params, opt_state, k)
+            new_state = replace(state, step=state.step + steps, params=run_params, opt_state=run_state,
+                                initial_loss=initial[k])
             results.append((new_state, UnrollOutput(
                 slot=state.slot, meta_loss=meta_losses[k], train_losses=train_losses_t[k].clone(), start=state.step,
                 task=entries[k].task.name, done=new_state.step >= state.length or diverged)))

@@ -31,6 +31,10 @@ from l2o.rule import UpdateRule
 
 __all__ = ["VectorizedStep", "stack_batches", "stack_instances", "stack_states", "unstack"]
 
+_RECOMPILE_LIMIT = 1024
+"""Compilations kept per compiled step function: one per architecture and group size (dynamo's
+default of 8 would quietly send a mixture's ninth group back to eager code)."""
+
 
 def stack_instances(tasks: Sequence[Task]) -> tuple[list[str], list[Tensor]]:
     """Parameter names and initial parameters ``[N, *shape]`` of ``N`` instances of one architecture.
@@ -101,6 +105,7 @@ class VectorizedStep:
         self.rule, self.task, self.names, self.context = rule, task, names, context
         self.lr, self.weight_decay, self.second_order = lr, weight_decay, second_order
         batched = vmap(self._one, in_dims=(0, 0, 0, 0 if per_instance_meta else None))
+        self.compiled = compile
         self._step = torch.compile(batched) if compile else batched
         self._loss = vmap(lambda params, batch: self.task.loss(dict(zip(self.names, params)), batch))
 
@@ -124,6 +129,9 @@ class VectorizedStep:
         Returns ``(losses [N], new_params, new_state)``: each instance's loss before the step, and
         its parameters and state after it.
         """
+        if self.compiled:
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                return self._step(params, state, batch, meta_params)
         return self._step(params, state, batch, meta_params)
 
     def loss(self, params: list[Tensor], batch: Batch) -> Tensor:
