@@ -7,7 +7,7 @@ from l2o.graph_rule import NeuralGraphRule
 from l2o.hub import from_pretrained, register_rule, save_pretrained
 from l2o.optim import NeuralGraphOpt
 from l2o.rule import UpdateRule
-from l2o.stepsize_rule import StepSizeGraphRule, StepSizeTensorRule
+from l2o.stepsize_rule import StepSizeGraphRule, StepSizeScheduleRule, StepSizeTensorRule
 
 __all__ = [
     "AdaptiveGraphRule",
@@ -15,6 +15,7 @@ __all__ = [
     "NeuralGraphOpt",
     "NeuralGraphRule",
     "StepSizeGraphRule",
+    "StepSizeScheduleRule",
     "StepSizeTensorRule",
     "UpdateRule",
     "from_pretrained",

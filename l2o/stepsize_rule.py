@@ -45,7 +45,8 @@ from l2o.graph_rule import _NUM_KINDS, GraphContext, NeuronGraphBase
 from l2o.hub import register_rule
 from l2o.rule import UpdateRule
 
-__all__ = ["StepSizeGraphRule", "StepSizeTensorRule", "factors_from_terms", "scaled_prodigy", "soft_clip"]
+__all__ = ["StepSizeGraphRule", "StepSizeScheduleRule", "StepSizeTensorRule", "factors_from_terms", "scaled_prodigy",
+           "soft_clip"]
 
 _FAN_SCALE = 1 / math.log(1024)
 """Log fan-in/fan-out features are ``log(count) / log(1024)``: about 1 for a 1024-wide layer."""
@@ -255,12 +256,15 @@ class StepSizeTensorRule(D.ProdigyStatistics, UpdateRule):
     ) -> None:
         super().__init__()
         self.max_log_scale = _checked_max_log_scale(max_log_scale)
-        n_in = 2 * len(self.feature_names) + 2 + 3 + F.NUM_TIME_FEATURES
-        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.mlp = nn.Sequential(nn.Linear(self.n_inputs(), hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.scale_out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.scale_out.weight)
         nn.init.zeros_(self.scale_out.bias)
         self._config = {"hidden": hidden, "max_log_scale": max_log_scale, **self._set_prodigy(betas, d0, eps)}
+
+    def n_inputs(self) -> int:
+        """Width of :meth:`tensor_inputs`."""
+        return 2 * len(self.feature_names) + 2 + 3 + F.NUM_TIME_FEATURES
 
     def tensor_inputs(self, param: Tensor, feats: Tensor, time: Tensor) -> Tensor:
         """The MLP's inputs for one tensor: ``feats [7, R, C]`` (:func:`l2o.distance.features`) and
@@ -288,3 +292,22 @@ class StepSizeTensorRule(D.ProdigyStatistics, UpdateRule):
             for i, log_scale in zip(present, log_scales):
                 factors[i] = log_scale.exp()
         return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps)
+
+
+@register_rule("schedule-stepsize")
+class StepSizeScheduleRule(StepSizeTensorRule):
+    """The ablation with nothing learned but a schedule: Prodigy times one step size for the whole
+    model, ``exp(s(t))``, from the time features alone (the role of Celo's learned schedule, which
+    also reads loss features that ``NeuralGraphOpt`` does not get without a closure). What the
+    per-tensor rule (:class:`StepSizeTensorRule`) and the per-neuron graph rule
+    (:class:`StepSizeGraphRule`) gain over it is what knowing the tensor or the neuron adds.
+
+    Same arguments, state and initialisation (Prodigy) as :class:`StepSizeTensorRule`.
+    """
+
+    def n_inputs(self) -> int:
+        return F.NUM_TIME_FEATURES
+
+    def tensor_inputs(self, param: Tensor, feats: Tensor, time: Tensor) -> Tensor:
+        """Only ``time [11]``: every tensor gets the same input, hence the same step size."""
+        return time

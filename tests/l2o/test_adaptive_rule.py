@@ -12,14 +12,22 @@ import pytest
 import torch
 from torch import nn
 
-from l2o import AdaptiveGraphRule, NeuralGraphOpt, StepSizeGraphRule, StepSizeTensorRule, learned_step, learned_step_
+from l2o import (
+    AdaptiveGraphRule,
+    NeuralGraphOpt,
+    StepSizeGraphRule,
+    StepSizeScheduleRule,
+    StepSizeTensorRule,
+    learned_step,
+    learned_step_,
+)
 from l2o.hub import load_rule, save_pretrained
 from tests.encoders.networks import build
 from tests.l2o.test_graph_rule import permuted_pair, train
 from tests.l2o.test_optim import _batch, _model, _train
 
 RULES = {"neural-graph-adaptive": AdaptiveGraphRule, "neural-graph-stepsize": StepSizeGraphRule,
-         "tensor-stepsize": StepSizeTensorRule}
+         "tensor-stepsize": StepSizeTensorRule, "schedule-stepsize": StepSizeScheduleRule}
 GRAPH_RULES = {name: cls for name, cls in RULES.items() if name.startswith("neural-graph")}
 OUTPUT_LAYER = {AdaptiveGraphRule: "head_out", StepSizeGraphRule: "scale_out"}
 """The zero-initialised layer that makes each graph rule Prodigy at initialisation."""
@@ -95,6 +103,26 @@ def test_step_on_permuted_network_is_the_permuted_step(name, rule_class):
     torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
 
 
+def test_schedule_rule_scales_every_tensor_by_one_step_size():
+    """Prodigy's update times ``exp(s(t))`` for the whole model: each tensor's update over the
+    initial rule's (Prodigy's) is one number, the same for every tensor, and it changes with time."""
+    model = _model().double()
+    params = [p.detach() for p in model.parameters()]
+    rule, prodigy_rule = random_rule(StepSizeScheduleRule), StepSizeScheduleRule().double()
+    torch.manual_seed(3)
+    state = rule.init_state(params)
+    factors = []
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        updates, new_state = rule(params, grads, state, None)
+        expected, _ = prodigy_rule(params, grads, state, None)
+        ratios = torch.cat([(u / e).reshape(-1) for u, e in zip(updates, expected)])
+        torch.testing.assert_close(ratios, ratios[:1].expand_as(ratios), rtol=1e-10, atol=0)
+        factors.append(float(ratios[0]))
+        state = new_state
+    assert len({round(f, 12) for f in factors}) == 3 and all(f != 1 for f in factors)
+
+
 @pytest.mark.parametrize("name", ["mlp", "resnet", "transformer"])
 def test_centred_step_sizes_only_redistribute_the_step(name):
     """``centred=True``: the per-element factors vary but their geometric mean over the whole model
@@ -147,6 +175,7 @@ def test_update_uses_graph_context(rule_class):
     (StepSizeGraphRule, ("scale_out.weight", "kind_scale.weight", "node_in.weight", "gnn.0.message.weight",
                          "depth.weight")),
     (StepSizeTensorRule, ("scale_out.weight", "scale_out.bias", "mlp.0.weight", "mlp.2.weight")),
+    (StepSizeScheduleRule, ("scale_out.weight", "scale_out.bias", "mlp.0.weight", "mlp.2.weight")),
 ], ids=list(RULES))
 def test_meta_gradients_reach_every_part_of_the_rule(rule_class, names):
     model = _model().double()
