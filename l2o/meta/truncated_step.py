@@ -30,7 +30,7 @@ from l2o.rule import UpdateRule
 
 __all__ = ["META_LOSSES", "InnerState", "TruncatedStep", "UnrollOutput", "loss_and_grads"]
 
-META_LOSSES = ("train_mean", "heldout_last")
+META_LOSSES = ("train_mean", "log_train_mean", "heldout_last")
 
 
 @dataclass
@@ -117,8 +117,12 @@ class TruncatedStep:
         unroll_length: inner steps per truncation ``K`` (the last truncation of an episode may be
             shorter, so truncations never straddle two tasks).
         meta_loss: ``"train_mean"`` — mean over the truncation's steps of the loss of the updated
-            parameters on that step's batch (``K = 1`` is the greedy scheme); ``"heldout_last"`` —
-            loss of the parameters after the truncation on a held-out batch.
+            parameters on that step's batch (``K = 1`` is the greedy scheme); ``"log_train_mean"`` —
+            the mean of the logarithms of those losses (capped first, floored at ``1e-12``): every task
+            then weighs by its relative progress whatever its loss scale, as the geometric-mean
+            ratios of the evaluation do, where the plain mean lets the tasks with the largest losses
+            (those just starting an episode) dominate the meta-gradient; ``"heldout_last"`` — loss
+            of the parameters after the truncation on a held-out batch.
         second_order: differentiable unrolls differentiate through the inner gradients (their
             dependence on the parameters, Hessian-vector products); ``False`` treats them as
             constants (first-order truncated backprop: cheaper, and free of the second
@@ -354,10 +358,12 @@ class TruncatedStep:
                 losses = losses[:n].detach()
                 initial = [float(value) if first is None else first for first, value in zip(initial, losses)]
                 train_losses.append(losses)
-                if self.meta_loss == "train_mean":
+                if self.meta_loss != "heldout_last":
                     terms.append(self._capped(loss(params, batch)[:n], losses.new_tensor(initial)))
             if self.meta_loss == "train_mean":
                 meta_losses = torch.stack(terms).mean(0)
+            elif self.meta_loss == "log_train_mean":
+                meta_losses = torch.stack(terms).clamp(min=1e-12).log().mean(0)
             else:
                 meta_losses = self._capped(loss(params, batches(steps, "test"))[:n], losses.new_tensor(initial))
         train_losses_t = torch.stack(train_losses, dim=1)  # [N, steps]

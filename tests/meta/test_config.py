@@ -51,7 +51,7 @@ def test_yaml_config_loads_and_round_trips(tmp_path):
             r"unknown estimator.name 'reinforce'; choose one of \['es', 'pes', 'tbptt'\]",
         ),
         ({"truncation": {"schedule": "linear"}}, r"choose one of \['constant', 'log_uniform'\]"),
-        ({"inner": {"meta_loss": "final"}}, r"choose one of \['heldout_last', 'train_mean'\]"),
+        ({"inner": {"meta_loss": "final"}}, r"choose one of \['heldout_last', 'log_train_mean', 'train_mean'\]"),
         ({"tasks": [{"family": "vit"}]}, r"unknown tasks\[0\].family 'vit'; choose one of \['autoencoder', 'cnn'"),
         (
             {"tasks": [{"family": "mlp", "width": 3}]},

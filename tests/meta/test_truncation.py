@@ -61,6 +61,14 @@ def test_meta_loss_kinds():
     expected = task.task.loss(dict(zip(task.names, new_state.params)), task.task.batch(3, "test"))
     assert torch.equal(out.meta_loss, expected)
     assert not torch.equal(out.meta_loss, train.unroll(train.init_state(0))[1].meta_loss)
+    # log_train_mean: the mean of the per-step logs (of a one-step truncation: the log of train_mean)
+    per_step = [TruncatedStep(LogLRRule(), family, ConstantSchedule(6), unroll_length=1, meta_loss=kind)
+                for kind in ("train_mean", "log_train_mean")]
+    plain, logged = (s.unroll(s.init_state(0))[1].meta_loss for s in per_step)
+    torch.testing.assert_close(logged, plain.log())
+    logged_3 = TruncatedStep(LogLRRule(), family, ConstantSchedule(6), unroll_length=3, meta_loss="log_train_mean")
+    train_3 = train.unroll(train.init_state(0))[1].meta_loss
+    assert logged_3.unroll(logged_3.init_state(0))[1].meta_loss < train_3.log()  # Jensen: losses differ by step
 
 
 def test_diverging_episodes_are_capped_and_ended():

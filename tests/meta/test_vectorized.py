@@ -109,7 +109,7 @@ def assert_same_unrolls(fast: list, slow: list) -> None:
         torch.testing.assert_close(state.opt_state, ref_state.opt_state, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("meta_loss", ["train_mean", "heldout_last"])
+@pytest.mark.parametrize("meta_loss", ["train_mean", "log_train_mean", "heldout_last"])
 def test_unroll_many_vectorized_matches_unrolling_each_run(meta_loss: str) -> None:
     fast_step, slow_step = truncated_step(True, meta_loss), truncated_step(False, meta_loss)
     rule = fast_step.rule
