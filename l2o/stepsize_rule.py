@@ -311,3 +311,14 @@ class StepSizeScheduleRule(StepSizeTensorRule):
     def tensor_inputs(self, param: Tensor, feats: Tensor, time: Tensor) -> Tensor:
         """Only ``time [11]``: every tensor gets the same input, hence the same step size."""
         return time
+
+    def forward(
+        self, params: list[Tensor], grads: list[Tensor], state: dict[str, Any], context: Any = None
+    ) -> tuple[list[Tensor], dict[str, Any]]:
+        """:meth:`StepSizeTensorRule.forward` without the per-element features it would not read:
+        one step size from the time, for every tensor."""
+        new_state = D.update_stats(grads, state, self.betas, self.d0)
+        time = F.time_features(new_state["step"], self.scale_out.weight)
+        scale = soft_clip(self.scale_out(self.mlp(time))[0], self.max_log_scale).exp()
+        factors = [scale if p.numel() else None for p in params]
+        return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps)

@@ -115,6 +115,8 @@ def test_schedule_rule_scales_every_tensor_by_one_step_size():
     for _ in range(3):
         grads = [torch.randn_like(p) for p in params]
         updates, new_state = rule(params, grads, state, None)
+        general, _ = StepSizeTensorRule.forward(rule, params, grads, state, None)  # the per-tensor path it skips
+        torch.testing.assert_close(updates, general, rtol=1e-12, atol=0)
         expected, _ = prodigy_rule(params, grads, state, None)
         ratios = torch.cat([(u / e).reshape(-1) for u, e in zip(updates, expected)])
         torch.testing.assert_close(ratios, ratios[:1].expand_as(ratios), rtol=1e-10, atol=0)
