@@ -34,20 +34,22 @@ from l2o.rule import UpdateRule
 
 __all__ = ["BASELINE_RULE", "DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "neural-graph-v5"
-"""The rule used when ``rule=None``: :class:`~l2o.stepsize_rule.StepSizeGraphRule` at its
-initialisation (``l2o/pretrained/neural-graph-v5``), i.e. Prodigy's update with every per-neuron
-step size at 1: its meta-trained step sizes (recipe ``l2o/meta/configs/stepsize_neural_graph.yaml``)
-did not beat the initialisation on validation tasks, see the folder's README. It makes the same
-updates as ``neural-graph-v4`` (:class:`~l2o.adaptive_rule.AdaptiveGraphRule` with a zero head) at a
-lower cost. v4 and the meta-trained :class:`~l2o.graph_rule.NeuralGraphRule` ``neural-graph-v3`` stay
-loadable; ``rule="neural-graph"`` gives that class untrained, which equals ``Adam(lr=1e-3)`` at
-``lr=1``."""
+DEFAULT_RULE = "neural-graph-v6"
+"""The rule used when ``rule=None``: a :class:`~l2o.stepsize_rule.StepSizeGraphRule`
+(``l2o/pretrained/neural-graph-v6``) whose update is Prodigy's times a **learned schedule**, a
+step size from the training time meta-trained by PES (recipe ``l2o/meta/configs/stepsize_pes.yaml``,
+``--rule schedule-stepsize``), with its per-neuron step sizes at 1: the ones meta-trained by the
+same recipe on the graph did not beat Prodigy on validation tasks, see the folder's README.
+``neural-graph-v5`` (Prodigy alone), ``neural-graph-v4`` and the meta-trained
+:class:`~l2o.graph_rule.NeuralGraphRule` ``neural-graph-v3`` stay loadable; ``rule="neural-graph"``
+gives that class untrained, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
 
-BASELINE_RULE = "ff-v3"
-"""The shipped per-parameter MLP rule (:class:`~l2o.ff.FFRule`) meta-trained with the same recipe and
-compute as ``neural-graph-v3`` (``l2o/meta/configs/shipped_ff.yaml``): the baseline it is compared with
-(a per-parameter twin of the adaptive rule is not trained yet)."""
+BASELINE_RULE = "tensor-stepsize-v1"
+"""The rule the default is compared with (the ``FF`` column of ``benchmarks/l2o_quality.py``): the
+per-tensor twin without the graph (:class:`~l2o.stepsize_rule.StepSizeTensorRule`: Prodigy with one
+step size per tensor from per-tensor statistics and the time), meta-trained by the same recipe with
+the same compute. ``ff-v3``, the per-parameter MLP rule (:class:`~l2o.ff.FFRule`) trained with
+``neural-graph-v3``'s recipe, stays loadable."""
 
 
 def _finite_eager(tensors: list[Tensor]) -> Any:

@@ -45,8 +45,8 @@ from l2o.graph_rule import _NUM_KINDS, GraphContext, NeuronGraphBase
 from l2o.hub import register_rule
 from l2o.rule import UpdateRule
 
-__all__ = ["StepSizeGraphRule", "StepSizeScheduleRule", "StepSizeTensorRule", "factors_from_terms", "scaled_prodigy",
-           "soft_clip"]
+__all__ = ["StepSizeGraphRule", "StepSizeScheduleRule", "StepSizeTensorRule", "factors_from_terms",
+           "graph_rule_with_schedule", "schedule_mlp", "scaled_prodigy", "soft_clip"]
 
 _FAN_SCALE = 1 / math.log(1024)
 """Log fan-in/fan-out features are ``log(count) / log(1024)``: about 1 for a 1024-wide layer."""
@@ -105,6 +105,16 @@ def factors_from_terms(
     return rows.exp().unsqueeze(1), cols.exp().unsqueeze(0), None if full is None else full.exp()
 
 
+def schedule_mlp(hidden: int) -> nn.Sequential:
+    """Time features ``[..., 11]`` -> one log step size ``[..., 1]``: two SiLU layers of ``hidden``,
+    the last layer zero (a schedule of 1 until trained)."""
+    mlp = nn.Sequential(nn.Linear(F.NUM_TIME_FEATURES, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                        nn.Linear(hidden, 1))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
 @register_rule("neural-graph-stepsize")
 class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
     """Prodigy with per-neuron step sizes from a neural-graph GNN (see the module docstring).
@@ -125,8 +135,16 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
             the rule learned one global caution (about 8x smaller steps everywhere) from short
             truncations, not where a weight sits.
 
+        schedule_hidden: width of the optional learned **schedule** (0: none): an MLP from the time
+            features alone to one log step size for the whole model, added to every element's
+            (:class:`StepSizeScheduleRule`'s schedule inside this rule, so that both parts are one
+            rule with one fused step). Why a separate part: meta-trained by PES, a global schedule
+            alone was what beat Prodigy on held-out tasks, and the GNN's per-neuron outputs, which
+            also read the time, did not learn it (``benchmarks/results/rule_validation_pes``).
+
     Modules, beyond :class:`~l2o.graph_rule.NeuronGraphBase`'s: ``scale_out`` (neuron state -> the
-    3 log step sizes) and ``kind_scale`` (element kind -> log step size), both zero-initialised.
+    3 log step sizes) and ``kind_scale`` (element kind -> log step size), both zero-initialised, and
+    ``schedule`` (time features -> log step size, last layer zero-initialised) or ``None``.
 
     State: :func:`l2o.distance.init_stats` (16 B/element). Context: :class:`~l2o.graph_rule.GraphContext`.
     """
@@ -143,16 +161,22 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         eps: float = 1e-8,
         max_depth: int = 32,
         centred: bool = False,
+        schedule_hidden: int = 0,
     ) -> None:
         super().__init__(hidden, layers, max_depth, extra_node_features=3)
+        if centred and schedule_hidden:
+            raise ValueError("centred step sizes keep Prodigy's overall step; a schedule changes it: "
+                             "choose centred=True or schedule_hidden > 0, not both")
         self.centred = centred
         self.max_log_scale = _checked_max_log_scale(max_log_scale)
         self.scale_out = nn.Linear(hidden, 3)
         self.kind_scale = nn.Embedding(_NUM_KINDS, 1)
+        self.schedule = schedule_mlp(schedule_hidden) if schedule_hidden else None
         for tensor in (self.scale_out.weight, self.scale_out.bias, self.kind_scale.weight):
             nn.init.zeros_(tensor)
         self._config = {"hidden": hidden, "layers": layers, "max_log_scale": max_log_scale,
-                        **self._set_prodigy(betas, d0, eps), "max_depth": max_depth, "centred": centred}
+                        **self._set_prodigy(betas, d0, eps), "max_depth": max_depth, "centred": centred,
+                        "schedule_hidden": schedule_hidden}
 
     def fused_step(self, context: GraphContext) -> Any:
         """:class:`l2o.fused_adaptive.FusedStepSizeStep` on ``context``: the same update in two
@@ -166,10 +190,13 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         """``pooled [N, 3 F]`` (:meth:`pooled_means`) and ``time [11]`` -> ``(neurons [N, 3], kinds
         [K])``: each neuron's log step sizes for its in-weights, out-weights and own parameters,
         and each element kind's, soft-clipped (and centred, with a zero kind table, if
-        :attr:`centred`)."""
+        :attr:`centred`); with a :attr:`schedule`, its soft-clipped log step size for this time is
+        added to every kind's."""
         fan = context.pool_sizes.to(pooled.dtype).log() * _FAN_SCALE
         neurons = soft_clip(self.scale_out(self.neuron_states(context, pooled, time, fan)), self.max_log_scale)
         kinds = soft_clip(self.kind_scale.weight[:, 0], self.max_log_scale)
+        if self.schedule is not None:  # every element has exactly one kind: the schedule scales all of them once
+            kinds = kinds + soft_clip(self.schedule(time)[0], self.max_log_scale)
         if self.centred:  # each element counts once in its column(s): counts are the weights
             counts = context.counts.to(pooled.dtype)
             neurons = neurons - (neurons * counts).sum(0) / counts.sum(0).clamp(min=1)
@@ -322,3 +349,20 @@ class StepSizeScheduleRule(StepSizeTensorRule):
         scale = soft_clip(self.scale_out(self.mlp(time))[0], self.max_log_scale).exp()
         factors = [scale if p.numel() else None for p in params]
         return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps)
+
+
+def graph_rule_with_schedule(schedule: StepSizeScheduleRule, **options: Any) -> StepSizeGraphRule:
+    """A :class:`StepSizeGraphRule` (``options``: its other arguments) whose ``schedule`` is
+    ``schedule``'s learned one and whose per-neuron and per-kind step sizes are zero: the same
+    updates as ``schedule`` (tested), with the graph rule's fused step, and a starting point for
+    meta-training the per-neuron step sizes on top of the schedule."""
+    config = schedule.config()
+    rule = StepSizeGraphRule(schedule_hidden=config["hidden"], max_log_scale=config["max_log_scale"],
+                             betas=config["betas"], d0=config["d0"], eps=config["eps"], **options)
+    assert rule.schedule is not None
+    with torch.no_grad():
+        for target, source in zip([rule.schedule[0], rule.schedule[2], rule.schedule[4]],
+                                  [schedule.mlp[0], schedule.mlp[2], schedule.scale_out], strict=True):
+            target.weight.copy_(source.weight)
+            target.bias.copy_(source.bias)
+    return rule.to(schedule.scale_out.weight.dtype)

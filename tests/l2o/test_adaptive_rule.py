@@ -125,6 +125,42 @@ def test_schedule_rule_scales_every_tensor_by_one_step_size():
     assert len({round(f, 12) for f in factors}) == 3 and all(f != 1 for f in factors)
 
 
+def test_graph_rule_with_a_learned_schedule_makes_the_schedule_rules_updates_on_both_paths():
+    """``graph_rule_with_schedule``: zero per-neuron step sizes plus the schedule rule's schedule is
+    that rule (reference step), and the fused, compiled step is the reference step."""
+    from l2o.stepsize_rule import graph_rule_with_schedule
+
+    x, y = _batch()
+    schedule = random_rule(StepSizeScheduleRule).float()
+    trained = {}
+    for label, rule, compile in [("schedule", schedule, False),
+                                 ("graph", graph_rule_with_schedule(schedule), False),
+                                 ("graph fused", graph_rule_with_schedule(schedule), True)]:
+        torch.manual_seed(0)
+        model = _model()
+        opt = NeuralGraphOpt(model.parameters(), rule=rule, model=model, compile=compile)
+        for _ in range(30):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        trained[label] = [p.detach().clone() for p in model.parameters()]
+    torch.testing.assert_close(trained["graph"], trained["schedule"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(trained["graph fused"], trained["graph"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="centred"):
+        StepSizeGraphRule(centred=True, schedule_hidden=8)
+
+
+def test_graph_rule_with_a_schedule_stays_equivariant():
+    from functools import partial
+
+    from encoders.symmetry import permute_flat
+
+    model, permuted, example, graph, sigma = permuted_pair("mlp")
+    rule = random_rule(partial(StepSizeGraphRule, schedule_hidden=8))
+    after, after_permuted = train(model, example, rule), train(permuted, example, rule)
+    torch.testing.assert_close(after_permuted, permute_flat(graph, after, sigma), atol=1e-9, rtol=1e-9)
+
+
 @pytest.mark.parametrize("name", ["mlp", "resnet", "transformer"])
 def test_centred_step_sizes_only_redistribute_the_step(name):
     """``centred=True``: the per-element factors vary but their geometric mean over the whole model

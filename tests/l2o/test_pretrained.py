@@ -7,11 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2o import AdaptiveGraphRule, FFRule, NeuralGraphOpt, NeuralGraphRule, StepSizeGraphRule, from_pretrained
+from l2o import (
+    AdaptiveGraphRule,
+    FFRule,
+    NeuralGraphOpt,
+    NeuralGraphRule,
+    StepSizeGraphRule,
+    StepSizeTensorRule,
+    from_pretrained,
+)
 from l2o.hub import PRETRAINED_DIR, RULES
 from l2o.meta.config import load_config
 from l2o.meta.run import meta_train
-from l2o.optim import DEFAULT_RULE
+from l2o.optim import BASELINE_RULE, DEFAULT_RULE
 from tests.encoders.networks import build
 
 SHIPPED = [("neural-graph-v3", NeuralGraphRule, "shipped_neural_graph.yaml"), ("ff-v3", FFRule, "shipped_ff.yaml")]
@@ -34,9 +42,8 @@ def test_shipped_rule_loads_with_its_recipe(name, cls):
     ("neural-graph-v4", AdaptiveGraphRule, "head_out", "adaptive_neural_graph.yaml", "1.09x"),
 ])
 def test_prodigy_rules_ship_their_initialisation_with_their_recipe(name, cls, output, recipe_file, validation):
-    """v5 (the default) and v4 ship their rules' initialisations (the meta-trained ones lost on
-    validation, see each folder's README); the recipe and the rejected run's curves come with them."""
-    assert DEFAULT_RULE == "neural-graph-v5"
+    """v5 and v4 ship their rules' initialisations (the meta-trained ones lost on validation, see
+    each folder's README); the recipe and the rejected run's curves come with them."""
     rule, fresh = from_pretrained(name), cls()
     assert isinstance(rule, cls) and rule.config() == fresh.config()
     assert not getattr(rule, output).weight.any() and not getattr(rule, output).bias.any()
@@ -46,6 +53,29 @@ def test_prodigy_rules_ship_their_initialisation_with_their_recipe(name, cls, ou
     assert dataclasses.asdict(recipe) == dataclasses.asdict(
         load_config(Path(__file__).parents[2] / "l2o" / "meta" / "configs" / recipe_file))
     assert validation in (folder / "README.md").read_text()
+    assert (folder / "meta_training.png").stat().st_size > 0 and (folder / "metrics.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name, cls, rule_name, learned, validation", [
+    ("neural-graph-v6", StepSizeGraphRule, "schedule-stepsize", "schedule.4", "0.643x"),
+    ("tensor-stepsize-v1", StepSizeTensorRule, "tensor-stepsize", "scale_out", "0.640x"),
+])
+def test_pes_rules_ship_with_their_recipe_and_validation(name, cls, rule_name, learned, validation):
+    """The default (v6: the graph rule's per-neuron step sizes at 1, the schedule meta-trained by the
+    PES recipe) and its baseline (the per-tensor twin, same recipe and compute)."""
+    assert (DEFAULT_RULE, BASELINE_RULE) == ("neural-graph-v6", "tensor-stepsize-v1")
+    rule = from_pretrained(name)
+    assert isinstance(rule, cls)
+    assert dict(rule.named_parameters())[f"{learned}.weight"].abs().sum() > 0, "should be meta-trained"
+    if cls is StepSizeGraphRule:
+        assert not rule.scale_out.weight.any() and not rule.scale_out.bias.any() and not rule.kind_scale.weight.any()
+    folder = PRETRAINED_DIR / name
+    recipe = load_config(folder / "recipe.yaml")
+    documented = load_config(Path(__file__).parents[2] / "l2o" / "meta" / "configs" / "stepsize_pes.yaml")
+    assert recipe.rule.name == rule_name
+    assert dataclasses.asdict(dataclasses.replace(recipe, rule=documented.rule)) == dataclasses.asdict(documented)
+    assert validation in (folder / "README.md").read_text()
+    assert json.loads((folder / "validation.json").read_text())["best"] < 1
     assert (folder / "meta_training.png").stat().st_size > 0 and (folder / "metrics.jsonl").stat().st_size > 0
 
 
