@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import write_results
-from l2o.meta.validation import VALIDATION_SEED, validation_tasks
+from l2o.meta.validation import VALIDATION_SEED, geomean_ratio, validation_tasks
 
 SMOOTH = 50
 
@@ -57,10 +57,9 @@ def summarize(runs: list[dict[str, Any]], rules: list[str]) -> tuple[dict[str, d
     names = {r["index"]: r["task"] for r in runs}
     summary = {}
     for rule in rules:
-        ratios = [final[i, rule] / final[i, rules[0]] for i in indices]
-        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if all(0 < x < math.inf for x in ratios) \
-            else math.inf
-        summary[rule] = {"geomean_ratio": geo, "wins": sum(x < 1 for x in ratios)}
+        losses, reference = [final[i, rule] for i in indices], [final[i, rules[0]] for i in indices]
+        summary[rule] = {"geomean_ratio": geomean_ratio(losses, reference),
+                         "wins": sum(a < b for a, b in zip(losses, reference))}
     lines = ["| task | " + " | ".join(f"`{r}`" for r in rules) + " |", "|---|" + "---:|" * len(rules)]
     lines += [f"| {names[i]} | " + " | ".join(f"{final[i, r]:.4g}" for r in rules) + " |" for i in indices]
     lines += ["", "| rule | geometric-mean ratio to the first | tasks won against the first |", "|---|---:|---:|"]

@@ -49,18 +49,19 @@ from l2o import features as F
 if TYPE_CHECKING:
     from l2o.graph_rule import GraphContext, NeuralGraphRule, NeuronMap
 
-__all__ = ["FusedStep", "FusedStepBase", "all_finite", "compile_unavailable", "compiled_all_finite", "head_outputs",
-           "head_tables", "Specialized", "compile_static", "pool_sites", "pool_sums", "table_context", "tensor_stats_",
-           "tensor_update_"]
+__all__ = ["RECOMPILE_LIMIT", "FusedStep", "FusedStepBase", "all_finite", "compile_unavailable", "compiled_all_finite",
+           "head_outputs", "head_tables", "Specialized", "compile_static", "pool_sites", "pool_sums", "table_context",
+           "tensor_stats_", "tensor_update_"]
 
 _N_FEAT = len(F.COMPACT_FEATURE_NAMES)
 _N_LINEAR = 5  # features g, p, m0, m1, m2: divided by their RMS over the tensor (the scales)
 
 _LOG2_E = 1.4426950408889634
 
-_RECOMPILE_LIMIT = 1024
-"""Compilations kept per function: one per distinct parameter shape and neuron-map structure
-(dynamo's default of 8 would send the ninth shape of a model back to eager code)."""
+RECOMPILE_LIMIT = 1024
+"""Compilations kept per compiled function: one per distinct parameter shape and neuron-map
+structure here, one per architecture and group size in :mod:`l2o.meta.vectorized` (dynamo's default
+of 8 would quietly send the ninth back to eager code)."""
 
 _INDUCTOR_OPTIONS = {"realize_opcount_threshold": 10**6, "realize_cpu_opcount_threshold": 10**6,
                      "realize_reads_threshold": 10**6, "compile_threads": 1}
@@ -319,7 +320,7 @@ class FusedStepBase:
     def __call__(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
                  lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
                  frozen: Sequence[bool]) -> dict[str, Any]:
-        with warnings.catch_warnings(), torch.no_grad(), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        with warnings.catch_warnings(), torch.no_grad(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             warnings.simplefilter("ignore", UserWarning)  # inductor's notes on its own fallbacks
             return self._step(params, grads, state, lr, weight_decay, frozen)
 

@@ -360,14 +360,15 @@ class TruncatedStep:
                 train_losses.append(losses)
                 if self.meta_loss != "heldout_last":
                     terms.append(self._capped(loss(params, batch)[:n], losses.new_tensor(initial)))
+            stacked_terms = torch.stack(terms, dim=1) if terms else None  # [N, steps]
             if self.meta_loss == "train_mean":
-                meta_losses = torch.stack(terms).mean(0)
+                meta_losses = stacked_terms.mean(1)
             elif self.meta_loss == "log_train_mean":
-                meta_losses = torch.stack(terms).clamp(min=1e-12).log().mean(0)
+                meta_losses = stacked_terms.clamp(min=1e-12).log().mean(1)
             else:
                 meta_losses = self._capped(loss(params, batches(steps, "test"))[:n], losses.new_tensor(initial))
         train_losses_t = torch.stack(train_losses, dim=1)  # [N, steps]
-        seen = torch.cat([train_losses_t, *([torch.stack(terms, dim=1).detach()] if terms else [])], dim=1)
+        seen = train_losses_t if stacked_terms is None else torch.cat([train_losses_t, stacked_terms.detach()], dim=1)
         results = []
         for k, state in enumerate(states):
             diverged = self.divergence is not None and not bool((seen[k] <= self.divergence * abs(initial[k])).all())

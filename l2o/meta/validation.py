@@ -63,9 +63,9 @@ def final_loss(rule: UpdateRule, task: Task, steps: int, smooth: int, lr: float 
         for step in range(steps):
             batch = tuple(x.to(device) for x in task.batch(step))
             loss, grads = loss_and_grads(task, names, params, batch, create_graph=False)
-            if not math.isfinite(loss.item()):
-                return math.inf
             losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                return math.inf
             params, state = learned_step(rule, params, grads, state, context, lr=lr)
     tail = losses[-smooth:]
     return sum(tail) / len(tail)

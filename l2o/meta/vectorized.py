@@ -31,10 +31,6 @@ from l2o.rule import UpdateRule
 
 __all__ = ["VectorizedStep", "stack_batches", "stack_instances", "stack_states", "unstack"]
 
-_RECOMPILE_LIMIT = 1024
-"""Compilations kept per compiled step function: one per architecture and group size (dynamo's
-default of 8 would quietly send a mixture's ninth group back to eager code)."""
-
 
 def stack_instances(tasks: Sequence[Task]) -> tuple[list[str], list[Tensor]]:
     """Parameter names and initial parameters ``[N, *shape]`` of ``N`` instances of one architecture.
@@ -130,7 +126,9 @@ class VectorizedStep:
         its parameters and state after it.
         """
         if self.compiled:
-            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            from l2o.fused import RECOMPILE_LIMIT  # imports torch._dynamo: only when compiling
+
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 return self._step(params, state, batch, meta_params)
         return self._step(params, state, batch, meta_params)
 
