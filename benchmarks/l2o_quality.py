@@ -182,6 +182,10 @@ class MuonAdamW:
         for opt in self._optimizers():
             opt.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": [Muon's state, AdamW's state]}``: what a memory count reads."""
+        return {"state": [opt.state_dict()["state"] for opt in self._optimizers()]}
+
 
 def make_optimizer(spec: tuple[str, float], model: torch.nn.Module, ff_rule: str | None,
                    rule: str | None = None, example_inputs: tuple | None = None) -> torch.optim.Optimizer | MuonAdamW:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
-ORDER = ("step_overhead", "step_overhead_v5", "step_overhead_v4", "step_overhead_cuda", "head_cost", "fused_parity",
+ORDER = ("step_overhead", "step_overhead_v6", "step_overhead_v5", "step_overhead_v4", "step_overhead_cuda", "head_cost", "fused_parity",
          "l2o_quality",
-         "l2o_quality_ablation", "l2o_quality_v5", "l2o_quality_v3",
+         "l2o_quality_ablation", "l2o_quality_v6", "l2o_quality_v5", "l2o_quality_v3",
          "rule_validation", "rule_validation_stepsize", "rule_validation_centred",
-         "rule_validation_long", "rule_validation_pes", "recipe_spread", "meta_throughput", "meta_throughput_trainer",
+         "rule_validation_long", "rule_validation_pes", "rule_validation_orthogonal", "recipe_spread", "meta_throughput", "meta_throughput_trainer",
          "meta_throughput_processes",
          "graph_build", "encoders_throughput", "encoders_throughput_bf16", "encoders_throughput_cuda",
          "zoo_throughput", "weight_space",
@@ -31,11 +31,14 @@ VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "step_overhead_v4": "python -m benchmarks.step_overhead --rule neural-graph-v4 (the default before v5)",
     "step_overhead_v5": "python -m benchmarks.step_overhead --rule neural-graph-v5 (the default before v6)",
+    "step_overhead_v6": "python -m benchmarks.step_overhead --rule neural-graph-v6 (the default before v7)",
     "encoders_throughput_cuda": "python -m benchmarks.encoders_throughput --device cuda",
     "encoders_throughput_bf16": "python -m benchmarks.encoders_throughput --encoders NG-GNN 'NG-T dense' "
                                 "--paths sparse compiled compiled-bf16",
     "l2o_quality_v3": "python -m benchmarks.l2o_quality --rule neural-graph-v3 (4-task version, before 2026-12-03)",
     "l2o_quality_v5": "python -m benchmarks.l2o_quality --rule neural-graph-v5 --ff-rule ff-v3 (the default before v6)",
+    "l2o_quality_v6": "python -m benchmarks.l2o_quality --rule neural-graph-v6 --ff-rule tensor-stepsize-v1 "
+                      "(the default before v7)",
     "l2o_quality_ablation": "python -m benchmarks.l2o_quality --rule tensor-stepsize-v1 "
                             "--ff-rule runs/pes_schedule-stepsize/rule_best",
     "rule_validation_stepsize": "python -m benchmarks.rule_validation --config "
@@ -43,6 +46,8 @@ VARIANTS = {
     "rule_validation_centred": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_centred.yaml",
     "rule_validation_long": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_long.yaml",
     "rule_validation_pes": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_pes.yaml",
+    "rule_validation_orthogonal": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_pes.yaml "
+                                  "--rules neural-graph-v6 neural-graph-v7 tensor-stepsize-v1 tensor-stepsize-v2",
     "weight_space_classify": "python -m benchmarks.weight_space --size classify",
     "weight_space_classify_dwsnets": "python -m benchmarks.weight_space --size classify-dwsnets",
     "weight_space_classify_ng": "python -m benchmarks.weight_space --size classify-ng",

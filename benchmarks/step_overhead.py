@@ -1,4 +1,5 @@
-"""Optimizer step time and memory: Adam, AdamW, the FF learned optimizer and NeuralGraphOpt, the
+"""Optimizer step time and memory: Adam, AdamW, Muon (torch's, on the hidden weight matrices, AdamW
+on the rest, as in ``benchmarks/l2o_quality.py``), the FF learned optimizer and NeuralGraphOpt, the
 latter with its reference step (``compile=False``) and its fused, compiled step (``compile=True``).
 
 For four reference models (MLP 784-256-256-10, CNN 1->32->64->64 3x3 + GAP + linear, a 2-layer
@@ -104,6 +105,10 @@ def make_optimizer(name: str, model: nn.Module, rule: str | None = None) -> torc
         return torch.optim.Adam(model.parameters(), lr=1e-3)
     if name == "AdamW":
         return torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if name == "Muon":
+        from benchmarks.l2o_quality import MuonAdamW
+
+        return MuonAdamW(model, lr=1e-3)  # type: ignore[return-value]  # steps and has a state_dict: all measure() reads
     if name == "FF":
         return NeuralGraphOpt(model.parameters(), rule=FFRule())
     if name == "NeuralGraphOpt":
@@ -114,7 +119,7 @@ def make_optimizer(name: str, model: nn.Module, rule: str | None = None) -> torc
 
 
 FUSED = "NeuralGraphOpt fused"
-OPTIMIZERS = ("Adam", "AdamW", "FF", "NeuralGraphOpt", FUSED)
+OPTIMIZERS = ("Adam", "AdamW", "Muon", "FF", "NeuralGraphOpt", FUSED)
 
 
 def _memory(key: str) -> int:
@@ -297,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", choices=["on", "off", "both"], default="both",
                         help="NeuralGraphOpt rows: the fused compiled step, the reference step, or both (default)")
     parser.add_argument("--rule", default=None, help="NeuralGraphOpt's rule (default: the shipped default)")
+    parser.add_argument("--widths", type=int, nargs="+", default=None,
+                        help="hidden widths of the scaling MLPs (default: 96 ... 5792, 0.1M-38M parameters)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/<name>")
     args = parser.parse_args(argv)
     name = "step_overhead" if args.device == "cpu" else "step_overhead_cuda"
@@ -306,9 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = list(MODELS)[:2] if args.quick else list(MODELS)
     if args.device == "cuda" and not args.quick:
         models += list(GPU_MODELS)
-    widths = (64, 256) if args.quick else (96, 256, 512, 1024, 2048, 4096, 5792)
+    widths = args.widths or ((64, 256) if args.quick else (96, 256, 512, 1024, 2048, 4096, 5792))
     learned = {"on": (FUSED,), "off": ("NeuralGraphOpt",), "both": ("NeuralGraphOpt", FUSED)}[args.compile]
-    optimizers = ("Adam", "AdamW", "FF", *learned)
+    optimizers = ("Adam", "AdamW", "Muon", "FF", *learned)
     # compile times are measured from an empty cache (the measurements' processes inherit it)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="l2o_step_overhead_inductor_")
 

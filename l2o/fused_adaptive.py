@@ -42,6 +42,7 @@ from l2o.fused import (
     pool_sums,
     table_context,
 )
+from l2o.orthogonal import orthogonal_direction
 
 if TYPE_CHECKING:
     from l2o.adaptive_rule import AdaptiveGraphRule
@@ -146,6 +147,7 @@ def adaptive_update_(
 def scaled_update_(
     param: Tensor, mom: Tensor, rms: Tensor, shift: Tensor, factors: tuple[Tensor, Tensor, Tensor | None],
     new_d: Tensor, size: Tensor, eps: float, lr: Tensor, weight_decay: Tensor, frozen: Tensor,
+    orthogonal: bool = False,
 ) -> None:
     """One tensor's update for :class:`~l2o.stepsize_rule.StepSizeGraphRule`, written into ``param``
     (and its step into ``shift``) in place.
@@ -163,10 +165,14 @@ def scaled_update_(
         lr: 0-d learning rate.
         weight_decay: 0-d decoupled weight decay.
         frozen: 0-d bool: the parameter is left as it is.
+        orthogonal: move along :func:`l2o.orthogonal.orthogonal_direction` (the caller decides
+            which tensors: the rule's ``orthogonal`` and :func:`l2o.orthogonal.is_orthogonalized`).
     """
     rows, cols, full = factors
     factor = rows * cols if full is None else rows * cols * full
     base = mom / (torch.sqrt(rms.clamp(min=1e-30)) + new_d.to(mom.dtype) * eps)
+    if orthogonal:
+        base = orthogonal_direction(mom, base)
     update = size.to(mom.dtype) * factor.to(mom.dtype) * base
     shift.add_(update)
     update = update.to(param.dtype) + weight_decay.to(param.dtype) * param
@@ -224,18 +230,20 @@ def prodigy_pass_(
 def scaled_updates_(
     views: Sequence[tuple[Tensor, ...]], terms: Sequence[Sequence[tuple[str, Tensor, int]]],
     log_scales: tuple[Tensor, Tensor], new_d: Tensor, size: Tensor, eps: float, lrs: Tensor, wds: Tensor,
-    frozen: Tensor,
+    frozen: Tensor, orthogonal: Sequence[bool],
 ) -> None:
     """:func:`scaled_update_` on every tensor of the model, each with its factors from
     :func:`l2o.stepsize_rule.factors_from_terms` (``terms``: per tensor,
     :meth:`~l2o.stepsize_rule.StepSizeGraphRule.scale_terms`); ``lrs``, ``wds``, ``frozen``:
-    ``[T]`` per tensor. One function for the whole model, as :func:`prodigy_pass_`."""
+    ``[T]`` per tensor; ``orthogonal``: per tensor, whether it moves along the orthogonalized
+    direction. One function for the whole model, as :func:`prodigy_pass_`."""
     from l2o.stepsize_rule import factors_from_terms
 
     for i, ((param, _, mom, rms, _, shift), tensor_terms) in enumerate(zip(views, terms)):
         if param.numel():
             factors = factors_from_terms(tensor_terms, *param.shape, log_scales)
-            scaled_update_(param, mom, rms, shift, factors, new_d, size, eps, lrs[i], wds[i], frozen[i])
+            scaled_update_(param, mom, rms, shift, factors, new_d, size, eps, lrs[i], wds[i], frozen[i],
+                           orthogonal[i])
 
 
 class _FusedProdigyStep(FusedStepBase):
@@ -309,6 +317,7 @@ class FusedStepSizeStep(_FusedProdigyStep):
         super().__init__(rule, context, compiled)
         self._update = compile_static(scaled_updates_) if compiled else scaled_updates_
         self._terms = [rule.scale_terms(context, i) for i in range(len(context.source))]
+        self._orthogonal: tuple[bool, ...] | None = None  # per tensor: rule.orthogonalized at the first step
 
     def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
               lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
@@ -316,6 +325,8 @@ class FusedStepSizeStep(_FusedProdigyStep):
         rule, context = self.rule, self.context
         found = self._prodigy_pass(params, grads, state)
         log_scales = self._context(rule, context, found["pooled"], found["time"])
+        if self._orthogonal is None:
+            self._orthogonal = tuple(rule.orthogonalized(params, context)) or (False,) * len(params)
         self._update(found["views"], self._terms, log_scales, found["new_d"], found["size"], rule.eps,
-                     *self._group_tensors(lr, weight_decay, frozen))
+                     *self._group_tensors(lr, weight_decay, frozen), self._orthogonal)
         return found["state"]

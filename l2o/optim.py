@@ -34,22 +34,27 @@ from l2o.rule import UpdateRule
 
 __all__ = ["BASELINE_RULE", "DEFAULT_RULE", "NeuralGraphOpt"]
 
-DEFAULT_RULE = "neural-graph-v6"
+DEFAULT_RULE = "neural-graph-v7"
 """The rule used when ``rule=None``: a :class:`~l2o.stepsize_rule.StepSizeGraphRule`
-(``l2o/pretrained/neural-graph-v6``) whose update is Prodigy's times a **learned schedule**, a
+(``l2o/pretrained/neural-graph-v7``) whose update is Prodigy's times a **learned schedule**, a
 step size from the training time meta-trained by PES (recipe ``l2o/meta/configs/stepsize_pes.yaml``,
-``--rule schedule-stepsize``), with its per-neuron step sizes at 1: the ones meta-trained by the
-same recipe on the graph did not beat Prodigy on validation tasks, see the folder's README.
-``neural-graph-v5`` (Prodigy alone), ``neural-graph-v4`` and the meta-trained
-:class:`~l2o.graph_rule.NeuralGraphRule` ``neural-graph-v3`` stay loadable; ``rule="neural-graph"``
-gives that class untrained, which equals ``Adam(lr=1e-3)`` at ``lr=1``."""
+``--rule schedule-stepsize``), with its per-neuron step sizes at 1 (the ones meta-trained by the
+same recipe on the graph did not beat Prodigy on validation tasks), and **Muon's direction** for
+the weight matrices other than the output layer (``orthogonal=True``, :mod:`l2o.orthogonal`),
+chosen on validation tasks; see the folder's README. ``neural-graph-v6`` is the same rule with
+Prodigy's direction everywhere (a cheaper step on a CPU); ``neural-graph-v5`` (Prodigy alone),
+``neural-graph-v4`` and the meta-trained :class:`~l2o.graph_rule.NeuralGraphRule`
+``neural-graph-v3`` stay loadable; ``rule="neural-graph"`` gives that class untrained, which equals
+``Adam(lr=1e-3)`` at ``lr=1``."""
 
-BASELINE_RULE = "tensor-stepsize-v1"
+BASELINE_RULE = "tensor-stepsize-v2"
 """The rule the default is compared with (the ``FF`` column of ``benchmarks/l2o_quality.py``): the
 per-tensor twin without the graph (:class:`~l2o.stepsize_rule.StepSizeTensorRule`: Prodigy with one
 step size per tensor from per-tensor statistics and the time), meta-trained by the same recipe with
-the same compute. ``ff-v3``, the per-parameter MLP rule (:class:`~l2o.ff.FFRule`) trained with
-``neural-graph-v3``'s recipe, stays loadable."""
+the same compute, with the same ``orthogonal=True`` option (on every weight matrix: without the
+graph it cannot tell the output layer). ``tensor-stepsize-v1`` is it without the option; ``ff-v3``,
+the per-parameter MLP rule (:class:`~l2o.ff.FFRule`) trained with ``neural-graph-v3``'s recipe,
+stays loadable."""
 
 
 def _finite_eager(tensors: list[Tensor]) -> Any:

@@ -39,10 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from encoders.builder import Role
 from l2o import distance as D
 from l2o import features as F
 from l2o.graph_rule import _NUM_KINDS, GraphContext, NeuronGraphBase
 from l2o.hub import register_rule
+from l2o.orthogonal import is_orthogonalized, orthogonal_direction
 from l2o.rule import UpdateRule
 
 __all__ = ["StepSizeGraphRule", "StepSizeScheduleRule", "StepSizeTensorRule", "factors_from_terms",
@@ -66,11 +68,13 @@ def soft_clip(x: Tensor, bound: float) -> Tensor:
 
 def scaled_prodigy(
     params: Sequence[Tensor], state: dict[str, Any], new_state: dict[str, Any], factors: Sequence[Tensor | None],
-    betas: tuple[float, float], eps: float,
+    betas: tuple[float, float], eps: float, orthogonal: Sequence[bool] = (),
 ) -> tuple[list[Tensor], dict[str, Any]]:
     """Prodigy's updates multiplied by ``factors[i]`` (broadcastable to parameter ``i``'s ``[R, C]``
     matrix view; ``None`` for an empty parameter); ``new_state`` from
-    :func:`l2o.distance.update_stats` gets the new ``shift``. Returns ``(updates, new_state)``."""
+    :func:`l2o.distance.update_stats` gets the new ``shift``. ``orthogonal[i]`` (per parameter;
+    empty: none) moves parameter ``i`` along :func:`l2o.orthogonal.orthogonal_direction` instead of
+    Prodigy's direction, at its RMS. Returns ``(updates, new_state)``."""
     size = state["d"] * D.bias_correction(state["step"], betas, state["d"])  # d_k c_k, Prodigy's step
     updates = []
     for i, (p, factor) in enumerate(zip(params, factors)):
@@ -80,6 +84,8 @@ def scaled_prodigy(
             continue
         shape = F.matrix_shape(p.shape)
         base = D.direction(mom, new_state["rms"][i], new_state["d"], eps).reshape(shape)
+        if orthogonal and orthogonal[i]:
+            base = orthogonal_direction(mom.reshape(shape), base)
         updates.append((size.to(mom.dtype) * factor.to(mom.dtype) * base).reshape(p.shape))
     new_state["shift"] = [shift + u for shift, u in zip(state["shift"], updates)]
     return updates, new_state
@@ -141,6 +147,9 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
             rule with one fused step). Why a separate part: meta-trained by PES, a global schedule
             alone was what beat Prodigy on held-out tasks, and the GNN's per-neuron outputs, which
             also read the time, did not learn it (``benchmarks/results/rule_validation_pes``).
+        orthogonal: ``True`` moves weight matrices along their orthogonalized momentum (Muon's
+            direction, :mod:`l2o.orthogonal`) at the RMS of Prodigy's direction, times the same
+            step sizes; ``False`` (default) keeps Prodigy's direction everywhere.
 
     Modules, beyond :class:`~l2o.graph_rule.NeuronGraphBase`'s: ``scale_out`` (neuron state -> the
     3 log step sizes) and ``kind_scale`` (element kind -> log step size), both zero-initialised, and
@@ -162,12 +171,13 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         max_depth: int = 32,
         centred: bool = False,
         schedule_hidden: int = 0,
+        orthogonal: bool = False,
     ) -> None:
         super().__init__(hidden, layers, max_depth, extra_node_features=3)
         if centred and schedule_hidden:
             raise ValueError("centred step sizes keep Prodigy's overall step; a schedule changes it: "
                              "choose centred=True or schedule_hidden > 0, not both")
-        self.centred = centred
+        self.centred, self.orthogonal = centred, orthogonal
         self.max_log_scale = _checked_max_log_scale(max_log_scale)
         self.scale_out = nn.Linear(hidden, 3)
         self.kind_scale = nn.Embedding(_NUM_KINDS, 1)
@@ -176,7 +186,7 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
             nn.init.zeros_(tensor)
         self._config = {"hidden": hidden, "layers": layers, "max_log_scale": max_log_scale,
                         **self._set_prodigy(betas, d0, eps), "max_depth": max_depth, "centred": centred,
-                        "schedule_hidden": schedule_hidden}
+                        "schedule_hidden": schedule_hidden, "orthogonal": orthogonal}
 
     def fused_step(self, context: GraphContext) -> Any:
         """:class:`l2o.fused_adaptive.FusedStepSizeStep` on ``context``: the same update in two
@@ -202,6 +212,19 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
             neurons = neurons - (neurons * counts).sum(0) / counts.sum(0).clamp(min=1)
             kinds = torch.zeros_like(kinds)
         return neurons, kinds
+
+    def orthogonalized(self, params: Sequence[Tensor], context: GraphContext) -> list[bool]:
+        """Per parameter, whether it moves along the orthogonalized direction: with
+        :attr:`orthogonal`, every weight matrix (:func:`l2o.orthogonal.is_orthogonalized`) except
+        those into the network's output neurons. Why not those: Muon's own advice (hidden and input
+        matrices only, the output layer with Adam), and on two of the validation tasks orthogonalizing
+        the classifier layer too lost most of what the other matrices gained. Only the graph knows which
+        matrix that is; the per-tensor twin cannot tell it from a shape."""
+        if not self.orthogonal:
+            return []
+        return [is_orthogonalized(tuple(p.shape)) and context.on_edge[i]
+                and not bool((context.node_role[context.target[i].ids] == Role.OUTPUT).any())
+                for i, p in enumerate(params)]
 
     @staticmethod
     def scale_terms(context: GraphContext, i: int) -> list[tuple[str, Tensor, int]]:
@@ -244,7 +267,8 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
                 factors.append(rows * cols if full is None else rows * cols * full)
             else:
                 factors.append(None)
-        return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps)
+        return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps,
+                              self.orthogonalized(params, context))
 
 
 @register_rule("tensor-stepsize")
@@ -266,6 +290,7 @@ class StepSizeTensorRule(D.ProdigyStatistics, UpdateRule):
         betas: Adam's decays ``(b1, b2)``.
         d0: Prodigy's initial step-size estimate.
         eps: added to ``sqrt(v)`` (times ``d``).
+        orthogonal: as :class:`StepSizeGraphRule`'s: Muon's direction for weight matrices.
 
     **Initialisation**: ``scale_out`` is zero, so the rule is Prodigy. State:
     :func:`l2o.distance.init_stats` (16 B/element). No context.
@@ -280,14 +305,22 @@ class StepSizeTensorRule(D.ProdigyStatistics, UpdateRule):
         betas: Sequence[float] = (0.9, 0.999),
         d0: float = D.DEFAULT_D0,
         eps: float = 1e-8,
+        orthogonal: bool = False,
     ) -> None:
         super().__init__()
-        self.max_log_scale = _checked_max_log_scale(max_log_scale)
+        self.max_log_scale, self.orthogonal = _checked_max_log_scale(max_log_scale), orthogonal
         self.mlp = nn.Sequential(nn.Linear(self.n_inputs(), hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.scale_out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.scale_out.weight)
         nn.init.zeros_(self.scale_out.bias)
-        self._config = {"hidden": hidden, "max_log_scale": max_log_scale, **self._set_prodigy(betas, d0, eps)}
+        self._config = {"hidden": hidden, "max_log_scale": max_log_scale, **self._set_prodigy(betas, d0, eps),
+                        "orthogonal": orthogonal}
+
+    def orthogonalized(self, params: Sequence[Tensor]) -> list[bool]:
+        """Per parameter, whether it moves along the orthogonalized direction: with
+        :attr:`orthogonal`, every weight matrix (:func:`l2o.orthogonal.is_orthogonalized`), the
+        output layer's included (without the graph, a shape does not say which layer that is)."""
+        return [is_orthogonalized(tuple(p.shape)) for p in params] if self.orthogonal else []
 
     def n_inputs(self) -> int:
         """Width of :meth:`tensor_inputs`."""
@@ -318,7 +351,7 @@ class StepSizeTensorRule(D.ProdigyStatistics, UpdateRule):
             log_scales = soft_clip(self.scale_out(self.mlp(torch.stack(inputs)))[:, 0], self.max_log_scale)
             for i, log_scale in zip(present, log_scales):
                 factors[i] = log_scale.exp()
-        return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps)
+        return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps, self.orthogonalized(params))
 
 
 @register_rule("schedule-stepsize")
@@ -348,7 +381,7 @@ class StepSizeScheduleRule(StepSizeTensorRule):
         time = F.time_features(new_state["step"], self.scale_out.weight)
         scale = soft_clip(self.scale_out(self.mlp(time))[0], self.max_log_scale).exp()
         factors = [scale if p.numel() else None for p in params]
-        return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps)
+        return scaled_prodigy(params, state, new_state, factors, self.betas, self.eps, self.orthogonalized(params))
 
 
 def graph_rule_with_schedule(schedule: StepSizeScheduleRule, **options: Any) -> StepSizeGraphRule:
@@ -357,6 +390,7 @@ def graph_rule_with_schedule(schedule: StepSizeScheduleRule, **options: Any) -> 
     updates as ``schedule`` (tested), with the graph rule's fused step, and a starting point for
     meta-training the per-neuron step sizes on top of the schedule."""
     config = schedule.config()
+    options = {"orthogonal": config["orthogonal"], **options}
     rule = StepSizeGraphRule(schedule_hidden=config["hidden"], max_log_scale=config["max_log_scale"],
                              betas=config["betas"], d0=config["d0"], eps=config["eps"], **options)
     assert rule.schedule is not None

@@ -59,7 +59,8 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list, steps: r
         opt.step()
 
 
-@pytest.mark.parametrize("rule", ["neural-graph-v6", "neural-graph-v5", "neural-graph-v4", "neural-graph-v3", "ff-v3"])
+@pytest.mark.parametrize("rule", ["neural-graph-v7", "neural-graph-v6", "neural-graph-v5", "neural-graph-v4",
+                                  "neural-graph-v3", "ff-v3"])
 @pytest.mark.parametrize("make_model", [_small_mlp, _small_cnn])
 def test_optimizer_on_cuda_follows_the_cpu_and_its_state_moves_back(rule, make_model):
     gen = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -151,8 +152,6 @@ def test_graph_rule_with_a_learned_schedule_makes_the_schedule_rules_updates_on_
 
 
 def test_graph_rule_with_a_schedule_stays_equivariant():
-    from functools import partial
-
     from encoders.symmetry import permute_flat
 
     model, permuted, example, graph, sigma = permuted_pair("mlp")
@@ -165,8 +164,6 @@ def test_graph_rule_with_a_schedule_stays_equivariant():
 def test_centred_step_sizes_only_redistribute_the_step(name):
     """``centred=True``: the per-element factors vary but their geometric mean over the whole model
     is exactly 1 (the overall size stays Prodigy's ``d``), and the step stays equivariant."""
-    from functools import partial
-
     from encoders.symmetry import permute_flat
     from l2o import features as F
 
@@ -214,7 +211,8 @@ def test_update_uses_graph_context(rule_class):
                          "depth.weight")),
     (StepSizeTensorRule, ("scale_out.weight", "scale_out.bias", "mlp.0.weight", "mlp.2.weight")),
     (StepSizeScheduleRule, ("scale_out.weight", "scale_out.bias", "mlp.0.weight", "mlp.2.weight")),
-], ids=list(RULES))
+    (partial(StepSizeGraphRule, orthogonal=True), ("scale_out.weight", "kind_scale.weight", "node_in.weight")),
+], ids=[*RULES, "neural-graph-stepsize-orthogonal"])
 def test_meta_gradients_reach_every_part_of_the_rule(rule_class, names):
     model = _model().double()
     params = [p.detach() for p in model.parameters()]
@@ -303,11 +301,11 @@ def test_save_and_load_round_trip(tmp_path, rule_class):
         rule_class(betas=(0.9, 1.0))
 
 
-def mild_rule(rule_class: type = AdaptiveGraphRule) -> AdaptiveGraphRule | StepSizeGraphRule:
+def mild_rule(rule_class: type = AdaptiveGraphRule, **options) -> AdaptiveGraphRule | StepSizeGraphRule:
     """Random meta-parameters with outputs of O(0.1): the steps stay mostly downhill, so d grows
-    (a fully random head flips half the updates and d never leaves d0)."""
+    (a fully random head flips half the updates and d never leaves d0). ``options``: the rule's."""
     torch.manual_seed(0)
-    rule = rule_class()
+    rule = rule_class(**options)
     with torch.no_grad():
         for p in rule.parameters():
             p.normal_(0, 0.3)
@@ -325,12 +323,16 @@ def drifting_grads(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
 @each_graph_rule
 @pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "resnet", "transformer"])
 def test_eager_fused_step_equals_the_reference_over_50_steps(name, rule_class):
-    """The fused arithmetic, run eagerly: parameters, statistics and d within 1e-5 of the reference."""
+    assert_eager_fused_step_is_the_reference(name, mild_rule(rule_class))
+
+
+def assert_eager_fused_step_is_the_reference(name: str, rule: AdaptiveGraphRule | StepSizeGraphRule) -> None:
+    """The fused arithmetic, run eagerly on network ``name``: parameters, statistics and d within
+    1e-5 of the reference over 50 steps."""
     from tests.l2o.test_fused import STEPS, _max_relative_error
 
     model, _ = build(name)
     params = [p.detach().clone() for p in model.parameters()]
-    rule = mild_rule(rule_class)
     context = rule.build_context(params, model)
     fast = [p.clone() for p in params]
     state, fast_state = rule.init_state(params), rule.init_state(params)
@@ -352,8 +354,10 @@ def test_eager_fused_step_equals_the_reference_over_50_steps(name, rule_class):
 
 
 @pytest.mark.slow
-@each_graph_rule
-def test_compiled_optimizer_matches_the_reference_and_resumes(rule_class):
+@pytest.mark.parametrize("rule_class, options", [(AdaptiveGraphRule, {}), (StepSizeGraphRule, {}),
+                                                 (StepSizeGraphRule, {"orthogonal": True})],
+                         ids=[*GRAPH_RULES, "neural-graph-stepsize-orthogonal"])
+def test_compiled_optimizer_matches_the_reference_and_resumes(rule_class, options):
     """NeuralGraphOpt(compile=True) against compile=False: parameter groups, weight decay, a
     parameter without gradient every few steps; then a resumed copy continues bit-identically."""
     from tests.l2o.test_fused import STEPS, _max_relative_error
@@ -369,7 +373,7 @@ def test_compiled_optimizer_matches_the_reference_and_resumes(rule_class):
 
     model, _ = build("transformer")
     twin = copy.deepcopy(model)
-    rule = mild_rule(rule_class)
+    rule = mild_rule(rule_class, **options)
 
     def optimizer(m: nn.Module, compile: bool) -> NeuralGraphOpt:
         params = list(m.parameters())

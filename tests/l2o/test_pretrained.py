@@ -63,7 +63,6 @@ def test_prodigy_rules_ship_their_initialisation_with_their_recipe(name, cls, ou
 def test_pes_rules_ship_with_their_recipe_and_validation(name, cls, rule_name, learned, validation):
     """The default (v6: the graph rule's per-neuron step sizes at 1, the schedule meta-trained by the
     PES recipe) and its baseline (the per-tensor twin, same recipe and compute)."""
-    assert (DEFAULT_RULE, BASELINE_RULE) == ("neural-graph-v6", "tensor-stepsize-v1")
     rule = from_pretrained(name)
     assert isinstance(rule, cls)
     assert dict(rule.named_parameters())[f"{learned}.weight"].abs().sum() > 0, "should be meta-trained"
@@ -77,6 +76,19 @@ def test_pes_rules_ship_with_their_recipe_and_validation(name, cls, rule_name, l
     assert validation in (folder / "README.md").read_text()
     assert json.loads((folder / "validation.json").read_text())["best"] < 1
     assert (folder / "meta_training.png").stat().st_size > 0 and (folder / "metrics.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name, trained, validation", [
+    ("neural-graph-v7", "neural-graph-v6", "0.066x"), ("tensor-stepsize-v2", "tensor-stepsize-v1", "0.116x")])
+def test_default_and_baseline_are_the_pes_rules_with_muons_direction(name, trained, validation):
+    """v7 and its baseline: the meta-parameters of the PES rules, bit for bit, with
+    ``orthogonal=True`` (the only difference in their configs), chosen on validation tasks."""
+    assert (DEFAULT_RULE, BASELINE_RULE) == ("neural-graph-v7", "tensor-stepsize-v2")
+    rule, source = from_pretrained(name), from_pretrained(trained)
+    assert rule.config() == {**source.config(), "orthogonal": True} and not source.orthogonal
+    assert rule.state_dict().keys() == source.state_dict().keys()
+    assert all(torch.equal(a, source.state_dict()[k]) for k, a in rule.state_dict().items())
+    assert validation in (PRETRAINED_DIR / name / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["mlp", "resnet", "transformer"])

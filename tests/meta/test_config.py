@@ -114,6 +114,19 @@ def test_cli_handler_trains_and_saves_the_rule(tmp_path, capsys):
     assert type(load_rule(tmp_path / "twin" / "rule")).__name__ == "StepSizeTensorRule"
     assert load(tmp_path / "twin" / "config.yaml").rule.name == "tensor-stepsize"
 
+    # --rule-option sets one option of that rule (YAML value); a malformed one is refused by name
+    args = parser.parse_args(["meta-train", "--config", str(config), "--rule", "schedule-stepsize",
+                              "--rule-option", "orthogonal=true", "--rule-option", "hidden=4",
+                              "--run-dir", str(tmp_path / "ortho")])
+    assert args.handler(args) == 0
+    assert load_rule(tmp_path / "ortho" / "rule").config()["orthogonal"] is True
+    assert load(tmp_path / "ortho" / "config.yaml").rule.options == {"orthogonal": True, "hidden": 4}
+    for bad, message in [("orthogonal", "KEY=VALUE"), ("no_such_option=1", "no_such_option")]:
+        args = parser.parse_args(["meta-train", "--config", str(config), "--rule", "schedule-stepsize",
+                                  "--rule-option", bad, "--run-dir", str(tmp_path / "bad")])
+        with pytest.raises((SystemExit, ConfigError), match=message):
+            args.handler(args)
+
 
 @pytest.mark.parametrize("name", ["greedy_fashion_cnn.yaml", "pes_mixture.yaml"])
 def test_shipped_example_configs_are_valid(name):

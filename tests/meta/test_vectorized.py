@@ -49,9 +49,13 @@ def unroll(rule, tasks, meta_params=None, compile=False) -> tuple[list, list, li
 
 
 @pytest.mark.parametrize(("rule_name", "compile"), [("neural-graph-v5", False), ("ff", False), ("momentum", False),
-                                                     ("ff", True)])
+                                                     ("ff", True), ("orthogonal", False), ("orthogonal", True)])
 def test_vectorized_steps_match_the_per_instance_path(rule_name: str, compile: bool) -> None:
-    rule = MomentumRule() if rule_name == "momentum" else load_rule(rule_name)
+    """``orthogonal``: the step-size rule with Muon's direction (Newton-Schulz under vmap)."""
+    from l2o import StepSizeGraphRule
+
+    rule = {"momentum": MomentumRule, "orthogonal": lambda: StepSizeGraphRule(orthogonal=True)}.get(
+        rule_name, lambda: load_rule(rule_name))()
     tasks = instances()
     with torch.no_grad():
         (losses, params, state), (ref_losses, ref), _ = unroll(rule, tasks, compile=compile)

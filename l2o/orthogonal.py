@@ -1,0 +1,66 @@
+"""An orthogonalized base direction for weight matrices (Muon's), at the size of Prodigy's.
+
+Muon moves a weight matrix along its orthogonalized momentum: the momentum ``M = U S V^T`` with its
+singular values pushed towards 1, ``~U V^T``, computed by a few Newton-Schulz iterations (matrix
+products only, so it runs anywhere a matmul does, vmapped and compiled). Celo2 offers the same for
+the 2-D weights of a learned optimizer. Here the orthogonalized momentum replaces only the
+*direction* of Prodigy's update for a matrix: it is rescaled to the RMS of Prodigy's own direction
+``m / (sqrt(v) + d eps)`` for that tensor, so the step sizes a rule learned for Prodigy's direction
+(its schedule, per-tensor or per-neuron factors) keep their meaning.
+
+Which tensors: those with :func:`is_orthogonalized` shapes, 2-D parameters (linear layers'
+weights, embedding and position tables) of at least 2 rows and 2 columns. Convolution kernels and
+vectors keep Prodigy's direction. The choice reads only the shape, so the graph rule and its
+per-tensor twin treat every tensor alike.
+
+Permuting hidden neurons permutes the rows and columns of the matrices (``P M Q``), and
+``NS(P M Q) = P NS(M) Q`` (every iteration is a polynomial in ``M M^T`` times ``M``): the
+direction stays permutation-equivariant (tested through the rules).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+__all__ = ["NS_COEFFICIENTS", "NS_STEPS", "is_orthogonalized", "newton_schulz", "orthogonal_direction"]
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""The quintic iteration ``X <- a X + (b A + c A^2) X``, ``A = X X^T``, of Muon (Jordan et al.
+2024): coefficients chosen for the steepest slope at 0, so 5 steps bring every singular value
+into roughly ``[0.7, 1.2]`` (not exactly 1, which does not hurt training)."""
+
+NS_STEPS = 5
+
+
+def is_orthogonalized(shape: tuple[int, ...]) -> bool:
+    """Whether a parameter of ``shape`` moves along an orthogonalized direction (when the rule asks
+    for it): 2-D with at least 2 rows and 2 columns."""
+    return len(shape) == 2 and min(shape) >= 2
+
+
+def newton_schulz(matrix: Tensor, steps: int = NS_STEPS) -> Tensor:
+    """``[..., R, C] -> [..., R, C]``: ``matrix`` with its singular values pushed towards 1 (about
+    ``U V^T``), by :data:`NS_STEPS` quintic Newton-Schulz iterations in the matrix's dtype.
+
+    The iteration runs on the wide orientation (``A = X X^T`` is ``min(R, C)`` square, the cheaper
+    product); the input is first divided by its Frobenius norm, which bounds the spectral norm by 1
+    as the iteration requires. A zero matrix stays zero."""
+    a, b, c = NS_COEFFICIENTS
+    tall = matrix.shape[-2] > matrix.shape[-1]
+    x = matrix.mT if tall else matrix
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+def orthogonal_direction(mom: Tensor, direction: Tensor) -> Tensor:
+    """``[..., R, C]``: :func:`newton_schulz` of the momentum ``mom``, rescaled to the RMS of
+    ``direction`` (Prodigy's direction of the same tensor), so that only where the tensor moves
+    changes, not how far."""
+    ortho = newton_schulz(mom)
+    # both mean squares clamped before the square root: its derivative at 0 is infinite
+    wanted = direction.square().mean(dim=(-2, -1), keepdim=True).clamp(min=1e-30)
+    found = ortho.square().mean(dim=(-2, -1), keepdim=True).clamp(min=1e-30)
+    return ortho * (wanted / found).sqrt()
