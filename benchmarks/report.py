@@ -18,7 +18,7 @@ RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
 ORDER = ("step_overhead", "step_overhead_v6", "step_overhead_v5", "step_overhead_v4", "step_overhead_cuda", "head_cost", "fused_parity",
          "l2o_quality",
-         "l2o_quality_ablation", "l2o_quality_v6", "l2o_quality_v5", "l2o_quality_v3",
+         "l2o_quality_ablation", "l2o_quality_ablation_orthogonal", "l2o_quality_v6", "l2o_quality_v5", "l2o_quality_v3",
          "rule_validation", "rule_validation_stepsize", "rule_validation_centred",
          "rule_validation_long", "rule_validation_pes", "rule_validation_orthogonal", "recipe_spread", "meta_throughput", "meta_throughput_trainer",
          "meta_throughput_processes",
@@ -41,6 +41,8 @@ VARIANTS = {
                       "(the default before v7)",
     "l2o_quality_ablation": "python -m benchmarks.l2o_quality --rule tensor-stepsize-v1 "
                             "--ff-rule runs/pes_schedule-stepsize/rule_best",
+    "l2o_quality_ablation_orthogonal": "python -m benchmarks.l2o_quality --rule neural-graph-v7 --ff-rule "
+                                       "SCHEDULE_ORTHO --optimizers FF (see the command in its result file)",
     "rule_validation_stepsize": "python -m benchmarks.rule_validation --config "
                                 "l2o/meta/configs/stepsize_neural_graph.yaml",
     "rule_validation_centred": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_centred.yaml",
