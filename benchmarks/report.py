@@ -16,17 +16,16 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
-ORDER = ("step_overhead", "step_overhead_v6", "step_overhead_v5", "step_overhead_v4", "step_overhead_cuda", "head_cost", "fused_parity",
-         "l2o_quality",
-         "l2o_quality_ablation", "l2o_quality_ablation_orthogonal", "l2o_quality_v6", "l2o_quality_v5", "l2o_quality_v3",
-         "rule_validation", "rule_validation_stepsize", "rule_validation_centred",
-         "rule_validation_long", "rule_validation_pes", "rule_validation_orthogonal", "recipe_spread", "meta_throughput", "meta_throughput_trainer",
-         "meta_throughput_processes",
-         "graph_build", "encoders_throughput", "encoders_throughput_bf16", "encoders_throughput_cuda",
-         "zoo_throughput", "weight_space",
-         "weight_space_classify", "weight_space_classify_dwsnets", "weight_space_classify_ng",
-         "weight_space_ablation", "weight_space_views", "weight_space_probes", "weight_space_bf16",
-         "weight_space_generalization", "weight_space_generalization_large")
+ORDER = ("step_overhead", "step_overhead_v6", "step_overhead_v5", "step_overhead_v4", "step_overhead_cuda",
+         "head_cost", "fused_parity", "l2o_quality", "l2o_quality_ablation", "l2o_quality_ablation_orthogonal",
+         "l2o_quality_v7_fp32", "l2o_quality_v6", "l2o_quality_v5", "l2o_quality_v3", "rule_validation",
+         "rule_validation_stepsize", "rule_validation_centred", "rule_validation_long", "rule_validation_pes",
+         "rule_validation_orthogonal", "recipe_spread", "meta_throughput", "meta_throughput_trainer",
+         "meta_throughput_processes", "graph_build", "encoders_throughput", "encoders_throughput_bf16",
+         "encoders_throughput_cuda", "zoo_throughput", "weight_space", "weight_space_classify",
+         "weight_space_classify_dwsnets", "weight_space_classify_ng", "weight_space_ablation", "weight_space_views",
+         "weight_space_probes", "weight_space_bf16", "weight_space_generalization",
+         "weight_space_generalization_large")
 VARIANTS = {
     "step_overhead_cuda": "python -m benchmarks.step_overhead --device cuda",
     "step_overhead_v4": "python -m benchmarks.step_overhead --rule neural-graph-v4 (the default before v5)",
@@ -41,6 +40,8 @@ VARIANTS = {
                       "(the default before v7)",
     "l2o_quality_ablation": "python -m benchmarks.l2o_quality --rule tensor-stepsize-v1 "
                             "--ff-rule runs/pes_schedule-stepsize/rule_best",
+    "l2o_quality_v7_fp32": "python -m benchmarks.l2o_quality --rule neural-graph-v7 (float32 Newton-Schulz products, "
+                           "before the bfloat16 ones shipped)",
     "l2o_quality_ablation_orthogonal": "python -m benchmarks.l2o_quality --rule neural-graph-v7 --ff-rule "
                                        "SCHEDULE_ORTHO --optimizers FF (see the command in its result file)",
     "rule_validation_stepsize": "python -m benchmarks.rule_validation --config "

@@ -20,9 +20,11 @@ direction stays permutation-equivariant (tested through the rules).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["NS_COEFFICIENTS", "NS_STEPS", "is_orthogonalized", "newton_schulz", "orthogonal_direction"]
+__all__ = ["NS_COEFFICIENTS", "NS_STEPS", "is_orthogonalized", "newton_schulz", "orthogonal_direction",
+           "product_dtype"]
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """The quintic iteration ``X <- a X + (b A + c A^2) X``, ``A = X X^T``, of Muon (Jordan et al.
@@ -38,20 +40,34 @@ def is_orthogonalized(shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and min(shape) >= 2
 
 
+def product_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of :func:`newton_schulz`'s matrix products for inputs of ``dtype``: bfloat16 for
+    float32 and narrower (as Muon does: the iteration is approximate anyway, and bfloat16 products
+    are several times faster where the hardware has them, GPU tensor cores and CPUs with AMX), the
+    input's own dtype otherwise (float64 stays exact, for tests)."""
+    return torch.bfloat16 if dtype in (torch.float32, torch.float16, torch.bfloat16) else dtype
+
+
 def newton_schulz(matrix: Tensor, steps: int = NS_STEPS) -> Tensor:
     """``[..., R, C] -> [..., R, C]``: ``matrix`` with its singular values pushed towards 1 (about
-    ``U V^T``), by :data:`NS_STEPS` quintic Newton-Schulz iterations in the matrix's dtype.
+    ``U V^T``), by :data:`NS_STEPS` quintic Newton-Schulz iterations.
 
     The iteration runs on the wide orientation (``A = X X^T`` is ``min(R, C)`` square, the cheaper
     product); the input is first divided by its Frobenius norm, which bounds the spectral norm by 1
-    as the iteration requires. A zero matrix stays zero."""
+    as the iteration requires. Matrix products take their inputs in :func:`product_dtype` and
+    everything else runs in the input's dtype, so that eager and compiled code round alike (the
+    products are the same kernels in both). A zero matrix stays zero."""
     a, b, c = NS_COEFFICIENTS
+    low = product_dtype(matrix.dtype)
     tall = matrix.shape[-2] > matrix.shape[-1]
     x = matrix.mT if tall else matrix
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)
     for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x_low = x.to(low)
+        gram = (x_low @ x_low.mT).to(x.dtype)
+        gram_low = gram.to(low)
+        poly = b * gram + c * (gram_low @ gram_low).to(x.dtype)
+        x = a * x + (poly.to(low) @ x_low).to(x.dtype)
     return x.mT if tall else x
 
 
