@@ -9,13 +9,17 @@ the 2-D weights of a learned optimizer. Here the orthogonalized momentum replace
 (its schedule, per-tensor or per-neuron factors) keep their meaning.
 
 Which tensors: those with :func:`is_orthogonalized` shapes, 2-D parameters (linear layers'
-weights, embedding and position tables) of at least 2 rows and 2 columns. Convolution kernels and
-vectors keep Prodigy's direction. The choice reads only the shape, so the graph rule and its
-per-tensor twin treat every tensor alike.
+weights, embedding and position tables) of at least 2 rows and 2 columns; convolution kernels and
+vectors keep Prodigy's direction. The graph rule further leaves out the matrices into the network's
+output neurons, which its graph identifies; the per-tensor twin, which sees only shapes, cannot
+(:meth:`l2o.stepsize_rule.StepSizeGraphRule.orthogonalized`).
+
+Precision: the matrix products take bfloat16 inputs for float32 and narrower parameters
+(:func:`product_dtype`), as Muon's do; float64 stays float64.
 
 Permuting hidden neurons permutes the rows and columns of the matrices (``P M Q``), and
 ``NS(P M Q) = P NS(M) Q`` (every iteration is a polynomial in ``M M^T`` times ``M``): the
-direction stays permutation-equivariant (tested through the rules).
+direction stays permutation-equivariant (tested on the function and through the rules).
 """
 
 from __future__ import annotations
