@@ -163,7 +163,8 @@ class GraphContext:
     Per parameter ``i``: ``source[i]``/``target[i]`` (:class:`NeuronMap`) give the neurons each
     element connects (for a bias both are its neuron); ``kind[i]`` (also a :class:`NeuronMap`,
     into the kind embeddings) the element kind ids; ``on_edge[i]`` whether the elements are
-    weights (edges) or neuron parameters (nodes). ``counts [N, 3]``: number of elements pooled into
+    weights (edges) or neuron parameters (nodes); ``into_output[i]`` whether they are weights into
+    the network's output neurons (the output layer). ``counts [N, 3]``: number of elements pooled into
     each neuron (in-weights, out-weights, own; 0 where none). ``aggregation`` does the GNN's neighbour reductions.
     Memory: ``O(R + C)`` per weight matrix or convolution, ``O(N)`` for the graph.
     """
@@ -174,6 +175,7 @@ class GraphContext:
     target: list[NeuronMap]
     kind: list[NeuronMap]
     on_edge: list[bool]
+    into_output: list[bool]
     counts: Tensor
     node_role: Tensor
     node_activation: Tensor
@@ -235,12 +237,13 @@ class NeuronGraphBase(UpdateRule):
         nodes = builder.node_fields()
         counts = torch.zeros(builder.num_nodes, 3)
         maps: dict[str, list[NeuronMap]] = {"source": [], "target": [], "kind": []}
-        on_edge = []
+        on_edge, into_output = [], []
         for k in position:  # per tensor, in O(rows + cols) for dense layers
             name, tensor = named[k]
             shape = F.matrix_shape(tensor.shape)
             edge, source, target, edge_kind, channel = builder.element_neurons(name, *shape)
             on_edge.append(edge)
+            into_output.append(edge and bool((nodes["node_role"][target] == Role.OUTPUT).any()))
             for key, neurons in (("source", source), ("target", target),
                                  ("kind", _element_kinds(edge, edge_kind, channel))):
                 maps[key].append(NeuronMap.of(neurons, shape))
@@ -254,6 +257,7 @@ class NeuronGraphBase(UpdateRule):
             target=[m.to(device) for m in maps["target"]],
             kind=[m.to(device) for m in maps["kind"]],
             on_edge=on_edge,
+            into_output=into_output,
             counts=counts.to(device),
             node_role=nodes["node_role"].to(device),
             node_activation=nodes["node_activation"].to(device),

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from encoders.builder import Role
 from l2o import distance as D
 from l2o import features as F
 from l2o.graph_rule import _NUM_KINDS, GraphContext, NeuronGraphBase
@@ -222,8 +221,7 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         matrix that is; the per-tensor twin cannot tell it from a shape."""
         if not self.orthogonal:
             return []
-        return [is_orthogonalized(tuple(p.shape)) and context.on_edge[i]
-                and not bool((context.node_role[context.target[i].ids] == Role.OUTPUT).any())
+        return [is_orthogonalized(tuple(p.shape)) and context.on_edge[i] and not context.into_output[i]
                 for i, p in enumerate(params)]
 
     @staticmethod
