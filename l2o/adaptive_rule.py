@@ -114,5 +114,4 @@ class AdaptiveGraphRule(D.ProdigyStatistics, GraphRuleBase):
             base = D.direction(mom, new_state["rms"][i], new_state["d"], self.eps).reshape(-1)
             update = size.to(mom.dtype) * (1 + out[0]) * base * torch.exp(self.exp_mult * out[1])
             updates.append(update.reshape(p.shape))
-        new_state["shift"] = [shift + u for shift, u in zip(state["shift"], updates)]
         return updates, new_state

@@ -18,11 +18,15 @@ This is the reference ``prodigyopt`` package's update with ``safeguard_warmup=Tr
 ``d`` per tensor, tried on the ``benchmarks/l2o_quality.py`` tasks, trained worse on 3 of 4.
 
 One departure: ``x0 - x_k`` is not read off the parameters but accumulated as ``shift``, the sum
-of the updates the rule returned (the optimizer applies ``x <- x - lr * update``). At ``lr = 1``
-without weight decay the two are equal. Why: a bfloat16 parameter does not move by Prodigy's
-first updates (about ``d0 = 1e-6``, below its rounding), so ``x0 - x`` would stay 0 and ``d``
-would never grow; and the estimate no longer depends on the user's learning-rate schedule, which
-multiplies a step whose size ``d`` has already set.
+of the steps the optimizer applied, ``lr * update`` (:func:`moved`; a frozen parameter adds
+nothing, weight decay is left out). Without weight decay the two are equal. Why accumulate: a
+bfloat16 parameter does not move by Prodigy's first updates (about ``d0 = 1e-6``, below its
+rounding), so ``x0 - x`` would stay 0 and ``d`` would never grow. Why ``lr`` counts, as in
+``prodigyopt``: accumulating the rule's update alone made ``d`` undo a smaller ``lr`` (on the
+3-hidden-layer ReLU MLP of ``benchmarks/l2o_quality.py``, ``lr = 0.3`` grew ``d`` to 3.3x its
+``lr = 1`` value, the same effective step), so ``lr`` and warm-up barely acted. The rule cannot see
+``lr``: :func:`l2o.functional.learned_step` and the fused steps record the move; a rule's own
+``forward`` leaves ``shift`` as it was.
 
 **State** (:func:`init_stats`): ``step`` (int64), ``d`` and ``numerator`` (``r``) as 0-d tensors,
 and per parameter ``mom`` (``m``), ``rms`` (``v``), ``grad_sum`` (``s``) and ``shift`` (``x0 - x``),
@@ -49,6 +53,7 @@ __all__ = [
     "direction",
     "features",
     "init_stats",
+    "moved",
     "update_stats",
 ]
 
@@ -126,7 +131,7 @@ def update_stats(
     d0: float = DEFAULT_D0,
 ) -> dict[str, Any]:
     """One step of the statistics and of ``d`` (see the module docstring); pure and differentiable.
-    The caller adds this step's update to ``shift`` once it is known.
+    ``shift`` is left as it is: the caller records the step it applies (:func:`moved`).
 
     Returns a new state (``step + 1``, the new ``d``); ``state`` is not modified.
     """
@@ -148,6 +153,13 @@ def update_stats(
     new_d = torch.where(denominator > 0, torch.maximum(d, estimate), d)
     return {**state, "step": state["step"] + 1, "d": new_d, "numerator": numerator, "mom": mom, "rms": rms,
             "grad_sum": grad_sum}
+
+
+def moved(shift: Sequence[Tensor], updates: Sequence[Tensor], lrs: Sequence[float | Tensor]) -> list[Tensor]:
+    """``shift`` after the optimizer applies ``x <- x - lr * update``: ``shift + lr * update`` per
+    parameter (``update`` as the rule returned it, in the statistics' dtype); pure and
+    differentiable."""
+    return [s + lr * u.to(s.dtype) for s, u, lr in zip(shift, updates, lrs)]
 
 
 def direction(mom: Tensor, rms: Tensor, d: Tensor, eps: float = 1e-8) -> Tensor:

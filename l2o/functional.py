@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from l2o.distance import ProdigyStatistics, moved
 from l2o.rule import UpdateRule
 
 __all__ = ["learned_step", "learned_step_"]
@@ -53,6 +54,8 @@ def learned_step(
     else:
         updates, new_state = functional_call(rule, meta_params, (params, grads, state, context))
     new_params = [_apply(p, u, l, w) for p, u, l, w in zip(params, updates, lrs, wds)]
+    if isinstance(rule, ProdigyStatistics):  # its x0 - x: the step applied, which only this function knows
+        new_state = {**new_state, "shift": moved(new_state["shift"], updates, lrs)}
     return new_params, new_state
 
 
@@ -73,16 +76,23 @@ def learned_step_(
     differentiates through :func:`learned_step`). The new parameters are bit-identical to
     :func:`learned_step`'s.
 
-    ``frozen[i]`` leaves ``params[i]`` untouched (its statistics still advance). Returns the new state.
+    ``frozen[i]`` leaves ``params[i]`` untouched (its statistics still advance; a Prodigy rule's
+    ``shift``, which records the moves, does not). Returns the new state.
     """
     lrs, wds = _options(params, grads, lr, weight_decay)
     frozen = frozen or [False] * len(params)
+    # a Prodigy rule's x0 - x (l2o.distance.moved), advanced in place as each update is applied: the
+    # rule leaves it as it was and reads it before streaming its first update
+    shifts = state["shift"] if isinstance(rule, ProdigyStatistics) else None
 
     def apply(i: int, rows: slice, update: Tensor) -> None:
         if frozen[i]:
             return
         target = params[i] if params[i].ndim == 0 else params[i][rows]
         target.copy_(_apply(target, update.view(target.shape), lrs[i], wds[i]))
+        if shifts is not None:
+            shift = shifts[i] if shifts[i].ndim == 0 else shifts[i][rows]
+            shift.add_(lrs[i] * update.view(shift.shape).to(shift.dtype))
 
     with torch.no_grad():
         return rule.stream_updates(params, grads, state, context, apply)

@@ -105,6 +105,12 @@ def adaptive_stats_(
     return dot, l1, scales, pool_sums([f.to(dtype) for f in feats], feature_scales, pools)
 
 
+def moved_by(lr: Tensor, frozen: Tensor) -> Tensor:
+    """The factor of this step's update in ``x0 - x`` (:func:`l2o.distance.moved`): ``lr``, or 0
+    for a frozen parameter."""
+    return torch.where(frozen, torch.zeros_like(lr), lr)
+
+
 def adaptive_update_(
     param: Tensor, grad: Tensor, mom: Tensor, rms: Tensor, grad_sum: Tensor, shift: Tensor, scales: Tensor,
     tables: tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]], head: tuple[Tensor, Tensor, Tensor],
@@ -119,7 +125,7 @@ def adaptive_update_(
         mom: ``[R, C]``, after :func:`adaptive_stats_`.
         rms: ``[R, C]``, after :func:`adaptive_stats_`.
         grad_sum: ``[R, C]``, after :func:`adaptive_stats_`.
-        shift: ``[R, C]`` ``x0 - x``, advanced by this step's update in place.
+        shift: ``[R, C]`` ``x0 - x``, advanced in place by the step applied, ``lr * update``.
         scales: ``[5]`` from :func:`adaptive_stats_`.
         tables: :func:`l2o.fused.head_tables`.
         head: ``(input weight [H, 7], output weight [2, H], output bias [2])``.
@@ -139,7 +145,7 @@ def adaptive_update_(
     direction, magnitude = head_outputs(feats, weight, w_out, b_out, table_context(tables))
     base = mom / (torch.sqrt(rms.clamp(min=1e-30)) + new_d.to(mom.dtype) * eps)
     update = size.to(mom.dtype) * (1 + direction.to(mom.dtype)) * base * torch.exp(exp_mult * magnitude.to(mom.dtype))
-    shift.add_(update)
+    shift.add_(moved_by(lr, frozen).to(mom.dtype) * update)
     update = update.to(param.dtype) + weight_decay.to(param.dtype) * param
     param.copy_(torch.where(frozen, param, param - lr.to(param.dtype) * update))
 
@@ -156,7 +162,7 @@ def scaled_update_(
         param: ``[R, C]``, a view of the parameter.
         mom: ``[R, C]``, after :func:`adaptive_stats_`.
         rms: ``[R, C]``, after :func:`adaptive_stats_`.
-        shift: ``[R, C]`` ``x0 - x``, advanced by this step's update in place.
+        shift: ``[R, C]`` ``x0 - x``, advanced in place by the step applied, ``lr * update``.
         factors: ``(rows [R, 1], cols [1, C], full [R, C] or None)`` from
             :meth:`~l2o.stepsize_rule.StepSizeGraphRule.scale_factors`.
         new_d: 0-d, the estimate after this step.
@@ -174,7 +180,7 @@ def scaled_update_(
     if orthogonal:
         base = orthogonal_direction(mom, base)
     update = size.to(mom.dtype) * factor.to(mom.dtype) * base
-    shift.add_(update)
+    shift.add_(moved_by(lr, frozen).to(mom.dtype) * update)
     update = update.to(param.dtype) + weight_decay.to(param.dtype) * param
     param.copy_(torch.where(frozen, param, param - lr.to(param.dtype) * update))
 

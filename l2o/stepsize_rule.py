@@ -60,6 +60,14 @@ def _checked_max_log_scale(max_log_scale: float) -> float:
     return max_log_scale
 
 
+def _checked_orthogonal(orthogonal: bool) -> bool:
+    """``orthogonal``, after a clear error for anything but ``True`` or ``False`` (a string such as
+    ``"false"`` from a hand-edited config would otherwise switch it on)."""
+    if not isinstance(orthogonal, bool):
+        raise TypeError(f"orthogonal must be True or False, got {orthogonal!r}")
+    return orthogonal
+
+
 def soft_clip(x: Tensor, bound: float) -> Tensor:
     """``bound * tanh(x / bound)``: the identity near 0, never beyond ``+-bound``."""
     return bound * torch.tanh(x / bound)
@@ -71,7 +79,8 @@ def scaled_prodigy(
 ) -> tuple[list[Tensor], dict[str, Any]]:
     """Prodigy's updates multiplied by ``factors[i]`` (broadcastable to parameter ``i``'s ``[R, C]``
     matrix view; ``None`` for an empty parameter); ``new_state`` from
-    :func:`l2o.distance.update_stats` gets the new ``shift``. ``orthogonal[i]`` (per parameter;
+    :func:`l2o.distance.update_stats` (its ``shift`` is advanced by whoever applies the updates,
+    :func:`l2o.distance.moved`). ``orthogonal[i]`` (per parameter;
     empty: none) moves parameter ``i`` along :func:`l2o.orthogonal.orthogonal_direction` instead of
     Prodigy's direction, at its RMS. Returns ``(updates, new_state)``."""
     size = state["d"] * D.bias_correction(state["step"], betas, state["d"])  # d_k c_k, Prodigy's step
@@ -86,7 +95,6 @@ def scaled_prodigy(
         if orthogonal and orthogonal[i]:
             base = orthogonal_direction(mom.reshape(shape), base)
         updates.append((size.to(mom.dtype) * factor.to(mom.dtype) * base).reshape(p.shape))
-    new_state["shift"] = [shift + u for shift, u in zip(state["shift"], updates)]
     return updates, new_state
 
 
@@ -176,7 +184,7 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         if centred and schedule_hidden:
             raise ValueError("centred step sizes keep Prodigy's overall step; a schedule changes it: "
                              "choose centred=True or schedule_hidden > 0, not both")
-        self.centred, self.orthogonal = centred, orthogonal
+        self.centred, self.orthogonal = centred, _checked_orthogonal(orthogonal)
         self.max_log_scale = _checked_max_log_scale(max_log_scale)
         self.scale_out = nn.Linear(hidden, 3)
         self.kind_scale = nn.Embedding(_NUM_KINDS, 1)
@@ -306,7 +314,7 @@ class StepSizeTensorRule(D.ProdigyStatistics, UpdateRule):
         orthogonal: bool = False,
     ) -> None:
         super().__init__()
-        self.max_log_scale, self.orthogonal = _checked_max_log_scale(max_log_scale), orthogonal
+        self.max_log_scale, self.orthogonal = _checked_max_log_scale(max_log_scale), _checked_orthogonal(orthogonal)
         self.mlp = nn.Sequential(nn.Linear(self.n_inputs(), hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.scale_out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.scale_out.weight)

@@ -29,10 +29,17 @@ from tests.processes import run_in_spawned_launcher
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all sockets stay bound until every port is chosen (choosing them
+    one at a time can return the same port twice, and two process groups on one port can hang)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _sharding_errors() -> dict[str, str]:
@@ -75,7 +82,7 @@ def _launch(ports: list[int], out: Path) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ranks")
-    ports = [_free_port(), _free_port()]
+    ports = _free_ports(2)
     run_in_spawned_launcher(_launch, (ports, out), "the two distributed workers")
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 

@@ -326,6 +326,39 @@ def test_eager_fused_step_equals_the_reference_over_50_steps(name, rule_class):
     assert_eager_fused_step_is_the_reference(name, mild_rule(rule_class))
 
 
+@pytest.mark.parametrize("rule_class, path", [(cls, path) for name, cls in RULES.items()
+                                              for path in ("reference", "functional", "fused")
+                                              if path != "fused" or name in GRAPH_RULES])  # fused: graph rules only
+def test_shift_is_how_far_the_optimizer_moved_the_parameters(rule_class, path):
+    """Prodigy's ``x0 - x`` is the step applied, ``lr`` included: after 50 steps at per-parameter
+    learning rates 0.5 and 2 (the first parameter frozen on some steps) ``shift`` equals the
+    parameters' displacement on every path. Why it matters: counting the rule's update alone, ``d``
+    grew to undo a smaller ``lr``."""
+    model, _ = build("mlp")
+    model, rule = model.double(), (mild_rule(rule_class) if rule_class in GRAPH_RULES.values()
+                                   else random_rule(rule_class)).double()
+    params = [p.detach().clone() for p in model.parameters()]
+    start = [p.clone() for p in params]
+    context = rule.build_context(params, model)
+    state = rule.init_state(params)
+    lrs = [0.5 if i % 2 else 2.0 for i in range(len(params))]
+    fused = type(rule.fused_step(context))(rule, context, compiled=False) if path == "fused" else None
+    for step in range(50):
+        grads = drifting_grads(params, step)
+        frozen = [step % 7 == 3 and i == 0 for i in range(len(params))]
+        if path == "functional":
+            grads = [g if not f else torch.zeros_like(g) for g, f in zip(grads, frozen)]
+            params, state = learned_step(rule, params, grads, state, context, lr=lrs)
+        elif path == "fused":
+            state = fused(params, grads, state, lrs, [0.0] * len(params), frozen)
+        else:
+            state = learned_step_(rule, params, grads, state, context, lr=lrs, frozen=frozen)
+    assert float(state["d"]) > rule.d0, "d should have grown"
+    for shift, p, p0 in zip(state["shift"], params, start):
+        torch.testing.assert_close(shift, p0 - p, rtol=1e-9, atol=1e-15)
+    assert all(float((p0 - p).abs().max()) > 0 for p, p0 in zip(params, start))
+
+
 def assert_eager_fused_step_is_the_reference(name: str, rule: AdaptiveGraphRule | StepSizeGraphRule,
                                              dtype: torch.dtype = torch.float32) -> None:
     """The fused arithmetic, run eagerly on network ``name`` in ``dtype`` (the rule too):
@@ -340,7 +373,7 @@ def assert_eager_fused_step_is_the_reference(name: str, rule: AdaptiveGraphRule 
     state, fast_state = rule.init_state(params), rule.init_state(params)
     fused = type(rule.fused_step(context))(rule, context, compiled=False)
     n = len(params)
-    lrs, wds = [0.5 + 0.1 * i for i in range(n)], [0.01 * (i % 3) for i in range(n)]
+    lrs, wds = [1.5 - 0.1 * (i % 5) for i in range(n)], [0.01 * (i % 3) for i in range(n)]
     for step in range(STEPS):
         grads = drifting_grads(params, step)
         frozen = [step % 7 == 3 and i == 0 for i in range(n)]

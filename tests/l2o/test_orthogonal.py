@@ -128,3 +128,12 @@ def test_a_schedule_moved_into_the_graph_rule_keeps_its_orthogonal_option():
     schedule = random_rule(partial(StepSizeScheduleRule, orthogonal=True))
     assert graph_rule_with_schedule(schedule).orthogonal
     assert not graph_rule_with_schedule(schedule, orthogonal=False).orthogonal
+
+
+@pytest.mark.parametrize("rule_class", [StepSizeGraphRule, StepSizeTensorRule, StepSizeScheduleRule],
+                         ids=["graph", "tensor", "schedule"])
+@pytest.mark.parametrize("value", ["false", 1, None])
+def test_orthogonal_must_be_a_bool(rule_class, value):
+    """A string or number (e.g. from a hand-edited config) is refused by name, not read as True."""
+    with pytest.raises(TypeError, match="orthogonal must be True or False"):
+        rule_class(orthogonal=value)
