@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from l2o.meta.config import MetaTrainConfig, RuleConfig, resolve_rule_class
+from l2o.hub import load_rule
+from l2o.meta.config import ConfigError, MetaTrainConfig, RuleConfig, resolve_rule_class
 from l2o.meta.estimators import ESTIMATORS, Estimator, TruncatedBPTT
 from l2o.meta.seeding import derive_seed
 from l2o.meta.tasks import FAMILIES, MixtureFamily, ReparamFamily, TaskFamily
@@ -16,8 +17,32 @@ __all__ = ["build_estimator", "build_family", "build_rule", "build_schedule"]
 
 
 def build_rule(config: RuleConfig) -> UpdateRule:
-    """Instantiate the configured update rule."""
-    return resolve_rule_class(config.name)(**config.options)
+    """Instantiate the configured update rule: from ``config.init``'s meta-parameters if given,
+    with only the meta-parameters named by ``config.train`` left trainable (``requires_grad``)."""
+    rule_class = resolve_rule_class(config.name)
+    if config.init is None:
+        rule = rule_class(**config.options)
+    else:
+        source = load_rule(config.init)
+        if type(source) is not rule_class:
+            raise ConfigError(f"rule.init {config.init!r} is a {type(source).__name__}, not a {rule_class.__name__} "
+                              f"(rule.name {config.name!r})")
+        rule = rule_class(**{**source.config(), **config.options})
+        rule.load_state_dict(source.state_dict())
+    if config.train is not None:
+        names = [name for name, _ in rule.named_parameters()]
+        unknown = [prefix for prefix in config.train if not any(_named_by(n, prefix) for n in names)]
+        if unknown:
+            raise ConfigError(f"rule.train: {unknown} name no meta-parameter of {rule_class.__name__}; "
+                              f"its parts are {sorted({n.split('.')[0] for n in names})}")
+        for name, param in rule.named_parameters():
+            param.requires_grad_(any(_named_by(name, prefix) for prefix in config.train))
+    return rule
+
+
+def _named_by(name: str, prefix: str) -> bool:
+    """Whether meta-parameter ``name`` is ``prefix`` or lies under it (``gnn`` names ``gnn.0.weight``)."""
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def build_family(config: MetaTrainConfig) -> TaskFamily:

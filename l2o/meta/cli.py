@@ -24,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--rule-option", action="append", default=[], metavar="KEY=VALUE",
                         help="set one of the rule's options (VALUE read as YAML), over the config's or, with "
                         "--rule, over that rule's defaults; repeatable: e.g. --rule-option orthogonal=true")
+    parser.add_argument("--rule-init", default=None, metavar="RULE",
+                        help="start from this shipped rule or rule folder (its meta-parameters and options), over "
+                        "the config's rule.init: e.g. --rule tensor-stepsize --rule-init tensor-stepsize-v2")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<config file name>)")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     parser.set_defaults(handler=run)
@@ -48,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise SystemExit(f"--rule-option expects KEY=VALUE, got {item!r}")
         options[key] = yaml.safe_load(value)
-    if args.rule is not None or args.rule_option:
-        config = dataclasses.replace(config, rule=RuleConfig(name=rule.name, options=options)).validate()
+    if args.rule_init is not None:
+        rule = dataclasses.replace(rule, init=args.rule_init)
+    if args.rule is not None or args.rule_option or args.rule_init is not None:
+        config = dataclasses.replace(config, rule=dataclasses.replace(rule, options=options)).validate()
     meta_train(config, run_dir, resume=not args.no_resume)
     print(f"meta-trained rule written to {run_dir / 'rule'}")
     return 0

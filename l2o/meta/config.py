@@ -3,6 +3,8 @@
 YAML layout (every key optional except where noted)::
 
     rule: {name: ff, hidden: 32}          # a registered name or "module:Class"; other keys: options
+    # or start from a shipped rule and meta-train only some of its parts:
+    #   rule: {name: neural-graph-stepsize, init: neural-graph-v7, train: [node_in, gnn, scale_out]}
     tasks:                                # task families, drawn with probability ~ weight
       - {family: mlp, dataset: digits, widths: [16, 32], weight: 2}
       - {family: inr, dataset: digits}
@@ -64,10 +66,18 @@ class ConfigError(ValueError):
 @dataclass
 class RuleConfig:
     """The update rule: ``name`` is a registered rule (:data:`l2o.hub.RULES`, e.g. ``ff``) or
-    ``"module:Class"``; ``options`` go to its constructor."""
+    ``"module:Class"``; ``options`` go to its constructor.
+
+    ``init``: a shipped rule's name or a rule folder to start from (its meta-parameters, and its
+    options under ``options``); it must be a ``name`` rule. ``train``: the meta-parameters to
+    train, as prefixes of their names (``None``: all); the others keep their starting values.
+    Why: a recipe that refines one part of a shipped rule (e.g. the per-neuron step sizes on top
+    of a learned schedule) is then a config, not a script."""
 
     name: str = "ff"
     options: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    train: list[str] | None = None
 
 
 @dataclass
@@ -184,6 +194,7 @@ class MetaTrainConfig:
         """The YAML/JSON form (inverse of :func:`config_from_dict`)."""
         out = dataclasses.asdict(self)
         out["rule"] = {"name": self.rule.name, **self.rule.options}
+        out["rule"].update({k: getattr(self.rule, k) for k in ("init", "train") if getattr(self.rule, k) is not None})
         out["tasks"] = [{"family": t.family, "weight": t.weight, **t.options} for t in self.tasks]
         return _plain(out)
 
@@ -256,7 +267,12 @@ def config_from_dict(data: dict[str, Any], check_rule: bool = True) -> MetaTrain
     rule = dict(rule)
     tasks = data.pop("tasks", None)
     config = _build(MetaTrainConfig, data, "")
-    config.rule = RuleConfig(name=rule.pop("name", RuleConfig.name), options=rule)
+    init, train = rule.pop("init", None), rule.pop("train", None)
+    if init is not None and not isinstance(init, str):
+        raise ConfigError(f"rule.init must be a rule name or folder, got {init!r}")
+    if train is not None and (not isinstance(train, list) or not all(isinstance(t, str) for t in train) or not train):
+        raise ConfigError(f"rule.train must be a non-empty list of meta-parameter name prefixes, got {train!r}")
+    config.rule = RuleConfig(name=rule.pop("name", RuleConfig.name), options=rule, init=init, train=train)
     if tasks is not None:
         if not isinstance(tasks, list):
             raise ConfigError(f"tasks must be a list, got {type(tasks).__name__}")

@@ -74,6 +74,8 @@ def test_yaml_config_loads_and_round_trips(tmp_path):
         ({"estimator": {"name": "tbptt"}, "inner": {"vectorize": True, "compile": True}},
          r"inner.compile applies to .* not tbptt"),
         ({"estimator": {"name": "pes"}, "inner": {"compile": True}}, r"inner.compile .* set inner.vectorize too"),
+        ({"rule": {"name": "ff", "init": 3}}, r"rule.init must be a rule name or folder"),
+        ({"rule": {"name": "ff", "train": "gnn"}}, r"rule.train must be a non-empty list"),
     ],
 )
 def test_invalid_configs_name_what_is_valid(data, message):
@@ -136,3 +138,70 @@ def test_shipped_example_configs_are_valid(name):
 
     config = load_config(Path(l2o.meta.__file__).parent / "configs" / name)
     assert config.rule.name == "ff" and config.steps >= 1000
+
+
+def test_rule_init_and_train_start_from_a_rule_and_freeze_the_rest(tmp_path):
+    """``rule.init`` loads a saved rule's meta-parameters (and options); ``rule.train`` leaves only
+    the named parts trainable; a meta-training run then changes those and nothing else. Bad names
+    are refused by name."""
+    import torch
+
+    from l2o import StepSizeTensorRule
+    from l2o.hub import load_rule, save_pretrained
+    from l2o.meta.build import build_rule
+    from l2o.meta.config import RuleConfig
+
+    torch.manual_seed(0)
+    source = StepSizeTensorRule(hidden=4)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.1)
+    folder = save_pretrained(source, tmp_path / "source")
+    rule = build_rule(RuleConfig(name="tensor-stepsize", init=str(folder), train=["scale_out"]))
+    assert rule.config() == source.config()
+    assert all(torch.equal(a, b) for a, b in zip(rule.state_dict().values(), source.state_dict().values()))
+    assert {n for n, p in rule.named_parameters() if p.requires_grad} == {"scale_out.weight", "scale_out.bias"}
+    with pytest.raises(ConfigError, match=r"rule.init .* is a StepSizeTensorRule, not a StepSizeGraphRule"):
+        build_rule(RuleConfig(name="neural-graph-stepsize", init=str(folder)))
+    with pytest.raises(ConfigError, match=r"\['gnn'\] name no meta-parameter .* its parts are \['mlp', 'scale_out'\]"):
+        build_rule(RuleConfig(name="tensor-stepsize", init=str(folder), train=["gnn"]))
+
+    config = tmp_path / "finetune.yaml"
+    config.write_text(
+        f"rule: {{name: tensor-stepsize, init: '{folder}', train: [scale_out]}}\n"
+        "tasks: [{family: quadratic, dim: 3}]\n"
+        "truncation: {length: 4, unroll_length: 2}\n"
+        "n_tasks: 2\nsteps: 2\nprogress: false\n"
+    )
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(load_config(config).to_dict()))) == load_config(config)
+    parser = argparse.ArgumentParser(prog="l2o")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["meta-train", "--config", str(config), "--run-dir", str(tmp_path / "run")])
+    assert args.handler(args) == 0
+    trained = load_rule(tmp_path / "run" / "rule").state_dict()
+    for name, value in source.state_dict().items():
+        assert torch.equal(trained[name], value) != name.startswith("scale_out"), name
+
+    # --rule-init starts another rule of the recipe from a saved one
+    args = parser.parse_args(["meta-train", "--config", str(config), "--rule", "tensor-stepsize", "--rule-init",
+                              str(folder), "--run-dir", str(tmp_path / "all")])
+    assert args.handler(args) == 0
+    assert load_config(tmp_path / "all" / "config.yaml").rule == RuleConfig(name="tensor-stepsize", init=str(folder))
+
+
+def test_broad_recipe_refines_the_shipped_rules_per_neuron_step_sizes():
+    """``stepsize_broad.yaml`` starts from neural-graph-v7 and trains everything but its schedule."""
+    from pathlib import Path
+
+    import torch
+
+    import l2o.meta
+    from l2o.hub import load_rule
+    from l2o.meta.build import build_rule
+
+    config = load_config(Path(l2o.meta.__file__).parent / "configs" / "stepsize_broad.yaml")
+    rule, shipped = build_rule(config.rule), load_rule("neural-graph-v7")
+    assert all(torch.equal(a, b) for a, b in zip(rule.state_dict().values(), shipped.state_dict().values()))
+    frozen = {n for n, p in rule.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in rule.named_parameters() if n.startswith("schedule.")} and frozen
+    assert {t.family for t in config.tasks} >= {"mlp", "cnn", "resnet", "transformer"}
