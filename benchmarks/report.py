@@ -18,11 +18,12 @@ RESULTS = Path(__file__).parent / "results"
 """The committed benchmark outputs that the documentation shows."""
 ORDER = ("step_overhead", "step_overhead_v6", "step_overhead_v5", "step_overhead_v4", "step_overhead_cuda",
          "head_cost", "fused_parity", "l2o_quality", "l2o_quality_ablation", "l2o_quality_ablation_orthogonal",
-         "l2o_quality_v7_fp32", "l2o_quality_v6", "l2o_quality_v5", "l2o_quality_v3", "rule_validation",
-         "rule_validation_stepsize", "rule_validation_centred", "rule_validation_long", "rule_validation_pes",
-         "rule_validation_orthogonal", "recipe_spread", "meta_throughput", "meta_throughput_trainer",
-         "meta_throughput_processes", "graph_build", "encoders_throughput", "encoders_throughput_bf16",
-         "encoders_throughput_cuda", "zoo_throughput", "weight_space", "weight_space_classify",
+         "l2o_quality_broad", "l2o_quality_v7_fp32", "l2o_quality_v6", "l2o_quality_v5", "l2o_quality_v3",
+         "rule_validation", "rule_validation_stepsize", "rule_validation_centred", "rule_validation_long",
+         "rule_validation_pes", "rule_validation_orthogonal", "rule_validation_broad", "recipe_spread",
+         "meta_throughput", "meta_throughput_trainer", "meta_throughput_processes", "graph_build",
+         "encoders_throughput", "encoders_throughput_bf16", "encoders_throughput_cuda", "zoo_throughput",
+         "weight_space", "weight_space_classify",
          "weight_space_classify_dwsnets", "weight_space_classify_ng", "weight_space_ablation", "weight_space_views",
          "weight_space_probes", "weight_space_bf16", "weight_space_generalization",
          "weight_space_generalization_large")
@@ -40,6 +41,8 @@ VARIANTS = {
                       "(the default before v7)",
     "l2o_quality_ablation": "python -m benchmarks.l2o_quality --rule tensor-stepsize-v1 "
                             "--ff-rule runs/pes_schedule-stepsize/rule_best",
+    "l2o_quality_broad": "python -m benchmarks.l2o_quality --rule BROAD (rule_best of "
+                         "l2o/meta/configs/stepsize_broad.yaml; see the command in its result file)",
     "l2o_quality_v7_fp32": "python -m benchmarks.l2o_quality --rule neural-graph-v7 (float32 Newton-Schulz products, "
                            "before the bfloat16 ones shipped)",
     "l2o_quality_ablation_orthogonal": "python -m benchmarks.l2o_quality --rule neural-graph-v7 --ff-rule "
@@ -51,6 +54,8 @@ VARIANTS = {
     "rule_validation_pes": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_pes.yaml",
     "rule_validation_orthogonal": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_pes.yaml "
                                   "--rules neural-graph-v6 neural-graph-v7 tensor-stepsize-v1 tensor-stepsize-v2",
+    "rule_validation_broad": "python -m benchmarks.rule_validation --config l2o/meta/configs/stepsize_broad.yaml "
+                             "--rules neural-graph-v7 BROAD tensor-stepsize-v2 BROAD_TWIN --tasks 16",
     "weight_space_classify": "python -m benchmarks.weight_space --size classify",
     "weight_space_classify_dwsnets": "python -m benchmarks.weight_space --size classify-dwsnets",
     "weight_space_classify_ng": "python -m benchmarks.weight_space --size classify-ng",
