@@ -315,7 +315,9 @@ class FusedAdaptiveStep(_FusedProdigyStep):
 class FusedStepSizeStep(_FusedProdigyStep):
     """The fused step of one :class:`~l2o.stepsize_rule.StepSizeGraphRule` on one context: the
     first pass as :class:`FusedAdaptiveStep`'s, the rule's :meth:`log_scales` on ``O(neurons)``
-    data, then :func:`scaled_update_` per tensor."""
+    data, then :func:`scaled_update_` per tensor. For a rule with
+    :meth:`~l2o.stepsize_rule.StepSizeGraphRule.constant_neurons` the first pass pools nothing and
+    the GNN is skipped (tested against the reference step, which always runs it)."""
 
     neuron_method = "log_scales"
 
@@ -324,13 +326,20 @@ class FusedStepSizeStep(_FusedProdigyStep):
         self._update = compile_static(scaled_updates_) if compiled else scaled_updates_
         self._terms = [rule.scale_terms(context, i) for i in range(len(context.source))]
         self._orthogonal: tuple[bool, ...] | None = None  # per tensor: rule.orthogonalized at the first step
+        # the rule's meta-parameters are fixed while it optimizes, so this holds for the step's life
+        self._constant = rule.constant_neurons()
+        if self._constant:  # nothing to pool: the GNN that reads the pools is skipped
+            self._sites = [[] for _ in self._sites]
 
     def _step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: dict[str, Any],
               lr: Sequence[float | Tensor], weight_decay: Sequence[float | Tensor],
               frozen: Sequence[bool]) -> dict[str, Any]:
         rule, context = self.rule, self.context
         found = self._prodigy_pass(params, grads, state)
-        log_scales = self._context(rule, context, found["pooled"], found["time"])
+        if self._constant:
+            log_scales = rule.log_scales(context, None, found["time"])
+        else:
+            log_scales = self._context(rule, context, found["pooled"], found["time"])
         if self._orthogonal is None:
             self._orthogonal = tuple(rule.orthogonalized(params, context)) or (False,) * len(params)
         self._update(found["views"], self._terms, log_scales, found["new_d"], found["size"], rule.eps,

@@ -203,14 +203,21 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
         return FusedStepSizeStep(self, context)
 
     # ------------------------------------------------------------------ per step
-    def log_scales(self, context: GraphContext, pooled: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
+    def log_scales(self, context: GraphContext, pooled: Tensor | None, time: Tensor) -> tuple[Tensor, Tensor]:
         """``pooled [N, 3 F]`` (:meth:`pooled_means`) and ``time [11]`` -> ``(neurons [N, 3], kinds
         [K])``: each neuron's log step sizes for its in-weights, out-weights and own parameters,
         and each element kind's, soft-clipped (and centred, with a zero kind table, if
         :attr:`centred`); with a :attr:`schedule`, its soft-clipped log step size for this time is
-        added to every kind's."""
-        fan = context.pool_sizes.to(pooled.dtype).log() * _FAN_SCALE
-        neurons = soft_clip(self.scale_out(self.neuron_states(context, pooled, time, fan)), self.max_log_scale)
+        added to every kind's. ``pooled=None`` when :meth:`constant_neurons`: the GNN is skipped and
+        every neuron gets ``scale_out``'s bias, which is what the GNN's states times a zero weight give."""
+        if pooled is None:
+            if not self.constant_neurons():
+                raise ValueError("pooled=None skips the GNN, which only a rule with constant_neurons() may do")
+            raw = self.scale_out.bias.expand(context.num_nodes, 3)
+        else:
+            fan = context.pool_sizes.to(pooled.dtype).log() * _FAN_SCALE
+            raw = self.scale_out(self.neuron_states(context, pooled, time, fan))
+        neurons = soft_clip(raw, self.max_log_scale)
         kinds = soft_clip(self.kind_scale.weight[:, 0], self.max_log_scale)
         if self.schedule is not None:  # every element has exactly one kind: the schedule scales all of them once
             kinds = kinds + soft_clip(self.schedule(time)[0], self.max_log_scale)
@@ -219,6 +226,13 @@ class StepSizeGraphRule(D.ProdigyStatistics, NeuronGraphBase):
             neurons = neurons - (neurons * counts).sum(0) / counts.sum(0).clamp(min=1)
             kinds = torch.zeros_like(kinds)
         return neurons, kinds
+
+    def constant_neurons(self) -> bool:
+        """Whether the per-neuron log step sizes are the same for every neuron whatever the graph
+        says: ``scale_out``'s weight is zero, as in the shipped v6 and v7, whose per-neuron step sizes
+        ship at 1. The fused step then skips the per-neuron pooling and the GNN (about a quarter of
+        v7's step on an MLP), which cannot change its update."""
+        return not bool(self.scale_out.weight.detach().any())
 
     def orthogonalized(self, params: Sequence[Tensor], context: GraphContext) -> list[bool]:
         """Per parameter, whether it moves along the orthogonalized direction: with

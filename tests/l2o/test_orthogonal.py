@@ -137,3 +137,34 @@ def test_orthogonal_must_be_a_bool(rule_class, value):
     """A string or number (e.g. from a hand-edited config) is refused by name, not read as True."""
     with pytest.raises(TypeError, match="orthogonal must be True or False"):
         rule_class(orthogonal=value)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_mixed_kernels", "resnet", "transformer"])
+def test_fused_step_skips_the_graph_when_the_neurons_step_sizes_are_constant(name):
+    """v6 and v7 ship their per-neuron step sizes at 1 (``scale_out``'s weight zero): their fused
+    step pools nothing and never runs the GNN, and still makes the reference step's updates (which
+    always runs it), here with a non-zero bias, kind table and schedule, orthogonalized."""
+    from l2o.fused_adaptive import FusedStepSizeStep
+    from tests.encoders.networks import build
+    from tests.l2o.test_adaptive_rule import drifting_grads
+
+    rule = mild_rule(StepSizeGraphRule, schedule_hidden=8, orthogonal=True).double()
+    with torch.no_grad():
+        rule.scale_out.weight.zero_()
+    assert rule.constant_neurons() and not mild_rule(StepSizeGraphRule).constant_neurons()
+    assert_eager_fused_step_is_the_reference(name, rule, torch.float64)
+
+    model, _ = build(name)
+    params = [p.detach().clone() for p in model.double().parameters()]
+    context = rule.build_context(params, model)
+    fused, state = FusedStepSizeStep(rule, context, compiled=False), rule.init_state(params)
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("the GNN ran")
+
+    rule.neuron_states = no_graph
+    for step in range(3):
+        state = fused(params, drifting_grads(params, step), state, [1.0] * len(params), [0.0] * len(params),
+                      [False] * len(params))
+    with pytest.raises(ValueError, match="constant_neurons"):
+        mild_rule(StepSizeGraphRule).log_scales(context, None, torch.zeros(11))
